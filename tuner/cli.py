@@ -1,0 +1,185 @@
+"""The ``tuner`` command: parse, call, print. No logic of its own.
+
+    tuner validate job.yaml                   # check a spec, print a summary (exit 2 on bad input)
+    tuner check job.yaml                      # the recipe's sanity checks on the spec's model and data
+    tuner run job.yaml --set search.num_samples=8
+    tuner resume digits-mlp                   # finish an interrupted job
+    tuner export digits-mlp -o best.yaml      # the best trial's config as a spec
+    tuner train best.yaml                     # retrain it once, no search
+    tuner sync digits-mlp                     # deliver tracking events a dead server missed
+    tuner ui                                  # the MLflow UI on the job's store
+    tuner runs / tuner show digits-mlp        # jobs in the store, one job's trials
+
+User errors print as one line and exit 2; a failed job exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
+# Wide enough for the summary table when the output is a pipe or a file (rich assumes 80 columns there).
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False)
+
+SetOption = typer.Option([], "--set", help="Override a spec value: key.path=value (YAML value). Repeatable.")
+OutputOption = typer.Option(Path("tuner_runs"), "--output-dir", help="Where jobs write their files.")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Ray's own output.")
+
+
+def _user_errors(command: Callable) -> Callable:
+    """Print a UserError as one line and exit 2; let bugs keep their traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _quiet(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose:
+        for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    logging.getLogger("tuner").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@app.command()
+@_user_errors
+def validate(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List[str] = SetOption) -> None:
+    """Check a spec without running anything; print what it would do."""
+    from tuner.spec import load_spec
+
+    job = load_spec(spec, overrides=set)
+    out.print(f"{spec}: ok")
+    out.print(f"  job        {job.name} ({job.trainable} on {_data_name(job)})")
+    out.print(f"  search     {job.search.algorithm}, {job.search.num_samples} trials, "
+              f"{job.search.max_concurrent} at once, seed {job.search.seed}, scheduler {job.scheduler.name}")
+    out.print(f"  optimise   {job.mode} {job.metric} over {', '.join(job.space)}")
+    out.print(f"  per trial  {job.trial.epochs} epochs, {job.trial.resources.cpu:g} cpu, "
+              f"{job.trial.resources.gpu:g} gpu, {job.trial.max_failures} retries")
+    if job.fixed:
+        out.print(f"  fixed      {', '.join(f'{k}={v}' for k, v in job.fixed.items())}")
+
+
+def _data_name(job: Any) -> str:
+    if job.data is None:
+        return "its own data"
+    return job.data.name or f"{job.data.path} ({job.data.format})"
+
+
+def _run_checks(job: Any) -> list:
+    from search_spaces import midpoint
+    from trainables.checks import run_checks
+    from trainables.data import load_dataset
+    from trainables.knobs import DEFAULTS
+
+    config = {**job.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in job.space.items()}}
+    return run_checks(config, load_dataset(job.data.model_dump()))
+
+
+def _print_checks(results: list) -> None:
+    table = Table(title="sanity checks", title_justify="left")
+    for column in ("check", "result", "measured", "target"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.name, "pass" if r.passed else "FAIL", f"{r.value:.4g}", r.target + (f"; {r.detail}" if r.detail else ""))
+    out.print(table)
+
+
+@app.command()
+@_user_errors
+def check(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List[str] = SetOption) -> None:
+    """Run the sanity checks (loss at init, input-independent baseline, overfit one batch)."""
+    from tuner.spec import load_spec
+
+    job = load_spec(spec, overrides=set)
+    if not job.is_builtin:
+        out.print("checks apply to the built-in trainables (mlp, cnn); nothing to check for a user trainable")
+        return
+    results = _run_checks(job)
+    _print_checks(results)
+    raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
+@app.command()
+@_user_errors
+def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List[str] = SetOption,
+        output_dir: Path = OutputOption, skip_checks: bool = typer.Option(False, "--skip-checks"),
+        verbose: bool = VerboseOption) -> None:
+    """Run a tuning job and print the best trial."""
+    from tuner.run import run_job
+    from tuner.spec import load_spec
+
+    job = load_spec(spec, overrides=set)
+    _quiet(verbose)
+    checks = None
+    if job.is_builtin and not skip_checks:
+        checks = _run_checks(job)
+        if not all(c.passed for c in checks):
+            _print_checks(checks)
+            err.print("a sanity check failed: fix the model or data first, or run with --skip-checks")
+            raise typer.Exit(1)
+    result = run_job(job, output_root=output_dir, checks=checks, verbose=verbose)
+    _print_result(result, job)
+    raise typer.Exit(0 if result.succeeded else 1)
+
+
+def _print_result(result: Any, job: Any) -> None:
+    counts = {s: sum(1 for v in result.statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
+    out.print(f"{job.name}: {len(result.statuses)} trials: {counts['FINISHED']} finished, "
+              f"{counts['KILLED']} stopped early, {counts['FAILED']} failed")
+    if result.top:
+        table = Table(title=f"top trials by {job.metric} ({job.mode})", title_justify="left")
+        table.add_column("trial")
+        table.add_column(job.metric, justify="right")
+        table.add_column("epochs", justify="right")
+        for key in job.space:
+            table.add_column(key)
+        for row in result.top:
+            table.add_row(row["trial"], f"{row['value']:.4f}", str(row["epochs"]),
+                          *[_fmt(row["config"].get(k)) for k in job.space])
+        out.print(table)
+    if result.best_trial:
+        out.print(f"best trial: {result.best_trial}  {job.metric}={result.best_value:.4f}")
+        searched = {k: result.best_config.get(k) for k in job.space}
+        out.print("best config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in searched.items()))
+    if result.ensemble:
+        e = result.ensemble
+        out.print(f"ensemble of {len(e['members'])}: test acc {e['ensemble_test_acc']:.4f} "
+                  f"(best single {e['best_single_test_acc']:.4f}); model {e['model_uri']}")
+    out.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
+    out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {result.tracking_uri}")
+    if result.undelivered:
+        err.print(f"{result.undelivered} tracking events were not delivered to {result.tracking_uri}; they are kept "
+                  f"in {result.run_folder}/tracking: run `tuner sync {result.run_folder}` once the server is back")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,152 @@
+"""The best ensemble: the top-k trials' best-epoch models, class probabilities averaged.
+
+Members are ranked on validation (the job's metric); the ensemble and the best single trial are then
+scored once on the held-out test split. The ensemble is saved as an MLflow pyfunc model whose
+``predict`` takes raw inputs (as the data set stores them, before scaling) and returns class
+probabilities, logged on the job's parent run and registered under the job's name.
+
+User trainables take part when each checkpoint holds ``val_probs.npy`` and ``test_probs.npy`` (N x C
+class probabilities) and ``test_labels.npy``; their ensemble is scored but not packaged as a model,
+since only the user's code knows how to rebuild their networks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+
+from tuner.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_MODEL_NAME = "ensemble"
+
+
+def _scores(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    acc = float((probs.argmax(1) == labels).mean())
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    return acc, loss
+
+
+def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker) -> dict[str, Any] | None:
+    """Score the top-k ensemble, log it on the parent run; None (with the reason logged) when impossible."""
+    members = [r for r in ranked if r["checkpoint"] and (Path(r["checkpoint"]) / "test_probs.npy").exists()]
+    members = members[: spec.ensemble.top_k]
+    if not members:
+        reason = "no trial checkpoint holds test_probs.npy (see README: ensembles of user trainables)"
+        log.warning("no ensemble: %s", reason)
+        tracker.emit("parent", tags={"ensemble": f"none: {reason}"})
+        return None
+    if spec.is_builtin:
+        from trainables.data import load_dataset
+
+        dataset = load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+        labels = dataset.y_test
+    else:
+        label_file = Path(members[0]["checkpoint"]) / "test_labels.npy"
+        if not label_file.exists():
+            reason = "user trainable checkpoints need test_labels.npy beside test_probs.npy"
+            tracker.emit("parent", tags={"ensemble": f"none: {reason}"})
+            log.warning("no ensemble: %s", reason)
+            return None
+        dataset, labels = None, np.load(label_file)
+    test_probs = [np.load(Path(m["checkpoint"]) / "test_probs.npy") for m in members]
+    ensemble_acc, ensemble_loss = _scores(np.mean(test_probs, axis=0), labels)
+    single_acc, single_loss = _scores(test_probs[0], labels)
+    result: dict[str, Any] = {
+        "members": [m["trial"] for m in members],
+        "ensemble_test_acc": ensemble_acc, "ensemble_test_loss": ensemble_loss,
+        "best_single_test_acc": single_acc, "best_single_test_loss": single_loss,
+        "model_uri": None,
+    }
+    tracker.emit("parent", metrics={k: v for k, v in result.items() if k.endswith(("_acc", "_loss"))},
+                 tags={"ensemble_members": ",".join(result["members"])})
+    if dataset is not None:
+        model_dir = folder.path / "ensemble_model"
+        save_ensemble_model(model_dir, members, dataset)
+        result["model_dir"] = str(model_dir)
+        result["model_uri"] = _log_model(model_dir, members, spec, tracker)
+        if result["model_uri"]:
+            tracker.emit("parent", tags={"ensemble_model_uri": result["model_uri"]})
+    return result
+
+
+# ------------------------------------------------------------------------------------ the model
+
+
+class EnsembleModel(mlflow.pyfunc.PythonModel):
+    """An MLflow pyfunc model: raw inputs -> averaged class probabilities of the members."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        from trainables.models import build_model
+
+        meta = json.loads(Path(context.artifacts["ensemble"], "ensemble.json").read_text())
+        self.offset, self.divisor = meta["scaling"]
+        self.models = []
+        for i, member in enumerate(meta["members"]):
+            model = build_model(member["config"], input_dim=meta["input_dim"],
+                                image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
+                                num_classes=meta["num_classes"])
+            state = torch.load(Path(context.artifacts["ensemble"], f"member-{i}.pt"), weights_only=True)
+            model.load_state_dict(state)
+            model.eval()
+            self.models.append(model)
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        import torch
+
+        from trainables.models import predict_proba
+
+        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+        x = (x.reshape(len(x), -1) - self.offset) / self.divisor
+        tensor = torch.from_numpy(x.astype(np.float32))
+        return np.mean([predict_proba(m, tensor).numpy() for m in self.models], axis=0)
+
+
+def _project_code() -> list[str]:
+    """The packages the model needs to load where the project is not installed."""
+    import search_spaces
+    import trainables
+    import tuner
+
+    return [str(Path(package.__file__).parent) for package in (search_spaces, trainables, tuner)]
+
+
+def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset) -> None:
+    """Write the pyfunc model to ``model_dir`` (member weights and configs travel inside it)."""
+    staging = model_dir.parent / "ensemble_members"
+    staging.mkdir(exist_ok=True)
+    meta = {"input_dim": dataset.input_dim, "image_shape": dataset.image_shape, "num_classes": dataset.num_classes,
+            "scaling": [dataset.scaling.offset, dataset.scaling.divisor], "members": []}
+    for i, member in enumerate(members):
+        shutil.copy(Path(member["checkpoint"]) / "model.pt", staging / f"member-{i}.pt")
+        meta["members"].append({"trial": member["trial"], "config": member["config"]})
+    (staging / "ensemble.json").write_text(json.dumps(meta, default=str))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    mlflow.pyfunc.save_model(path=str(model_dir), python_model=EnsembleModel(),
+                             artifacts={"ensemble": str(staging)}, code_paths=_project_code())
+
+
+def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tracker) -> str | None:
+    """Log the saved model on the parent run as a LoggedModel; register it under the job's name."""
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    staging = model_dir.parent / "ensemble_members"
+    try:
+        with mlflow.start_run(run_id=tracker.delivery.parent_run_id):
+            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, python_model=EnsembleModel(),
+                                           artifacts={"ensemble": str(staging)}, code_paths=_project_code(),
+                                           registered_model_name=spec.name)
+    except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
+        log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0], model_dir)
+        return None
+    return info.model_uri

@@ -1,0 +1,119 @@
+"""What a finished job shows: trials ranked by the metric, a CSV of all trials, and the plots.
+
+The plots are Optuna's own (optimization history, parallel coordinates, parameter importances),
+drawn with matplotlib on a study rebuilt from the trials' results, and saved as PNG so they show in
+MLflow's artifact view and next to the job's local output.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from tuner.spec import JobSpec
+from tuner.tracking import trial_run_name
+
+
+def rank_trials(results, *, metric: str, mode: str) -> list[dict[str, Any]]:
+    """Trials that did not fail, best first, by the best value of ``metric`` over their epochs."""
+    ranked = []
+    for result in results:
+        if result.error is not None or result.metrics_dataframe is None or metric not in result.metrics_dataframe:
+            continue
+        series = result.metrics_dataframe[metric].dropna()
+        if series.empty:
+            continue
+        value = float(series.min() if mode == "min" else series.max())
+        if not math.isfinite(value):
+            continue
+        checkpoint = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else None
+        ranked.append({
+            "trial": trial_run_name(result.metrics["trial_id"], result.metrics.get("experiment_tag")),
+            "trial_id": result.metrics["trial_id"],
+            "value": value,
+            "epochs": int(result.metrics.get("training_iteration", len(series))),
+            "config": dict(result.config),
+            "checkpoint": checkpoint.path if checkpoint is not None else None,
+        })
+    ranked.sort(key=lambda r: r["value"], reverse=(mode == "max"))
+    return ranked
+
+
+def trial_rows(spec: JobSpec, results, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        frame = result.metrics_dataframe
+        best = None
+        if frame is not None and spec.metric in frame and not frame[spec.metric].dropna().empty:
+            best = float(frame[spec.metric].min() if spec.mode == "min" else frame[spec.metric].max())
+        name = trial_run_name(trial_id, (result.metrics or {}).get("experiment_tag"))
+        rows.append({"trial": name, "status": statuses.get(name, "FAILED" if result.error else "FINISHED"),
+                     f"best_{spec.metric}": best, "epochs": (result.metrics or {}).get("training_iteration"),
+                     **{k: result.config.get(k) for k in spec.space}})
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def rebuild_study(spec: JobSpec, rows: list[dict[str, Any]]):
+    """An Optuna study holding the job's trials, for Optuna's plots and importance code."""
+    import optuna
+
+    from search_spaces import to_optuna
+
+    distributions = to_optuna(spec.space)
+    study = optuna.create_study(direction="minimize" if spec.mode == "min" else "maximize")
+    for row in rows:
+        value = row[f"best_{spec.metric}"]
+        ok = row["status"] != "FAILED" and value is not None and math.isfinite(value)
+        params = {k: row[k] for k in distributions if k in row}
+        if not all(distributions[k]._contains(distributions[k].to_internal_repr(v)) for k, v in params.items()):
+            continue  # a trial from an older space: not comparable
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params},
+            value=value if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+    return study
+
+
+def write_report(spec: JobSpec, results, ranked: list[dict[str, Any]], statuses: Mapping[str, str],
+                 folder: Path) -> list[Path]:
+    """Write trials.csv and the PNG plots into ``folder``; return the files written."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = trial_rows(spec, results, statuses)
+    written = [folder / "trials.csv"]
+    pd.DataFrame(rows).to_csv(written[0], index=False)
+    complete = sum(1 for r in rows if r["status"] != "FAILED" and r[f"best_{spec.metric}"] is not None)
+    if complete >= 2:
+        written += _plots(rebuild_study(spec, rows), folder)
+    return written
+
+
+def _plots(study, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {"optimization_history.png": ovm.plot_optimization_history,
+             "parallel_coordinate.png": ovm.plot_parallel_coordinate}
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len({tuple(sorted(map(str, t.params.items()))) for t in completed}) >= 2:
+        plots["param_importances.png"] = ovm.plot_param_importances
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, plot in plots.items():
+            axes = plot(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.set_size_inches(10, 6)
+            figure.tight_layout()
+            figure.savefig(folder / name, dpi=100)
+            plt.close(figure)
+            written.append(folder / name)
+    return written

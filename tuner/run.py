@@ -1,0 +1,310 @@
+"""Run and resume a job: JobSpec -> `ray.tune.Tuner.fit()` (or `Tuner.restore()`) -> JobResult.
+
+A job writes only inside its run folder, ``<output_root>/<name>/<timestamp>/``:
+  spec.yaml        the validated spec (absolute paths), what `tuner resume` re-reads
+  job.json         the MLflow parent run and store it tracks to
+  ray/             Ray Tune's experiment folder (trial checkpoints, searcher state)
+  tracking/        the MLflow event journal (see tuner.tracking)
+  report/          trials.csv and the plots, also logged to the parent run
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tuner.errors import NotFoundError, UserError
+from tuner.spec import JobSpec, load_spec
+
+log = logging.getLogger(__name__)
+
+# Trials checkpoint only on a better epoch and keep one checkpoint each (num_to_keep=1), which makes
+# Tune snapshot its experiment state often and warn about it on every snapshot; the snapshots are what
+# `tuner resume` restores from, so keep them and silence the warning.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+DEFAULT_OUTPUT_ROOT = Path("tuner_runs")
+EMBEDDED_STORE = "mlflow.db"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.path / "spec.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.path / "job.json"
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / "tracking"
+
+    @property
+    def ray(self) -> Path:
+        return self.path / "ray"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report"
+
+    def read_state(self) -> dict[str, Any]:
+        return json.loads(self.state.read_text())
+
+    def write_state(self, **fields: Any) -> None:
+        state = {**(self.read_state() if self.state.exists() else {}), **fields}
+        tmp = self.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state)
+
+
+@dataclass
+class JobResult:
+    run_folder: Path
+    tracking_uri: str
+    parent_run_id: str
+    statuses: dict[str, str]  # trial name -> FINISHED | KILLED | FAILED
+    best_trial: str | None = None
+    best_value: float | None = None
+    best_config: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, Any] | None = None
+    top: list[dict[str, Any]] = field(default_factory=list)  # best trials first
+    undelivered: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        """At least one trial ran to its end or was stopped by the scheduler with results."""
+        return any(status in ("FINISHED", "KILLED") for status in self.statuses.values())
+
+
+def tracking_uri_for(spec: JobSpec, output_root: Path) -> str:
+    """The spec's store, else $MLFLOW_TRACKING_URI, else a SQLite file in the output folder."""
+    uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        return f"sqlite:///{(output_root / EMBEDDED_STORE).resolve()}"
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
+        return f"sqlite:///{(output_root / uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
+def job_folders(output_root: Path, name: str) -> list[RunFolder]:
+    """A job's run folders, oldest first."""
+    base = output_root / name
+    return [RunFolder(p) for p in sorted(base.iterdir()) if (p / "job.json").exists()] if base.is_dir() else []
+
+
+def find_run_folder(output_root: Path, job: str) -> RunFolder:
+    """A run folder by path, or the newest run of a job by name."""
+    if Path(job).is_dir() and (Path(job) / "job.json").exists():
+        return RunFolder(Path(job))
+    folders = job_folders(output_root, job)
+    if not folders:
+        raise NotFoundError(f"{job}: no such job in {output_root}/ (give the job name or its run folder)")
+    return folders[-1]
+
+
+# ------------------------------------------------------------------------------------------- Ray
+
+
+def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
+    """Start (or join) Ray; return True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env: dict[str, Any] = {}
+    if not spec.is_builtin:
+        # Workers do not see the driver's sys.path: ship the trainable's folder with the job.
+        paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    ray.init(address=spec.ray.address or "local", runtime_env=env or None, include_dashboard=False,
+             logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
+             configure_logging=True)
+    return True
+
+
+def _trainable(spec: JobSpec) -> Callable:
+    from ray import tune
+
+    if spec.is_builtin:
+        from trainables.data import load_dataset
+        from trainables.train import builtin_trainable
+
+        # Loaded once in the driver; trials read it from Ray's object store.
+        dataset = load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+        function = tune.with_parameters(builtin_trainable, dataset=dataset)
+    else:
+        module_name, _, name = spec.trainable.partition(":")
+        sys.path.insert(0, spec.code_dir)  # type: ignore[arg-type]
+        try:
+            function = getattr(importlib.import_module(module_name), name)
+        finally:
+            sys.path.remove(spec.code_dir)  # type: ignore[arg-type]
+    resources = {"cpu": spec.trial.resources.cpu, "gpu": spec.trial.resources.gpu}
+    return tune.with_resources(function, resources)
+
+
+def _tuner(spec: JobSpec, folder: RunFolder, callback, *, verbose: bool):
+    from ray import tune
+
+    from tuner.search import make_scheduler, make_searcher
+    from tuner.tracking import trial_name
+
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=spec.trial_config(),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=folder.ray.name,
+            storage_path=str(folder.path.resolve()),
+            callbacks=[callback],
+            failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.metric,
+                                                    checkpoint_score_order=spec.mode),
+            verbose=1 if verbose else 0,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+
+def new_run_folder(spec: JobSpec, output_root: Path) -> RunFolder:
+    base = output_root / spec.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, n = base / stamp, 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return RunFolder(path)
+
+
+def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
+            verbose: bool = False) -> JobResult:
+    """Run a validated job to its end. ``checks``: sanity-check results to log on the parent run."""
+    from tuner.tracking import TrackingCallback, start_parent_run
+
+    output_root.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri_for(spec, output_root)
+    spec_yaml = spec.to_yaml()
+    check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks or []}
+    experiment_id, parent_run_id = start_parent_run(
+        tracking_uri=uri, experiment=spec.experiment, job_name=spec.name, spec_yaml=spec_yaml,
+        params=_spec_params(spec), tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
+                                         **check_tags})
+    folder = new_run_folder(spec, output_root)
+    folder.spec.write_text(spec_yaml)
+    folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
+                       status="running")
+    callback = TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode)
+    started = _init_ray(spec, verbose=verbose)
+    try:
+        results = _tuner(spec, folder, callback, verbose=verbose).fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return _finish(spec, folder, results, callback)
+
+
+def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
+    """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run."""
+    from ray import tune
+
+    if not (folder.ray / "tuner.pkl").exists():
+        raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
+    spec = load_spec(folder.spec)
+    state = folder.read_state()
+    started = _init_ray(spec, verbose=verbose)
+    try:
+        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec), resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        results = tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    from tuner.tracking import TrackingCallback
+
+    callback = TrackingCallback(folder=folder.tracking, tracking_uri=state["tracking_uri"],
+                                experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
+                                metric=spec.metric, mode=spec.mode)
+    return _finish(spec, folder, results, callback)
+
+
+def _spec_params(spec: JobSpec) -> dict[str, Any]:
+    params = {"trainable": spec.trainable, "metric": spec.metric, "mode": spec.mode,
+              "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
+              "max_concurrent": spec.search.max_concurrent, "seed": spec.search.seed,
+              "scheduler": spec.scheduler.name, "epochs": spec.trial.epochs,
+              "space": ",".join(spec.space), "ensemble_top_k": spec.ensemble.top_k}
+    params.update({f"fixed.{k}": v for k, v in spec.fixed.items()})
+    if spec.data is not None:
+        params["data"] = spec.data.name or spec.data.path
+    return params
+
+
+def _trial_statuses(folder: RunFolder) -> dict[str, str]:
+    from tuner.tracking import Journal
+
+    journal = Journal(folder.tracking)
+    journal.close()
+    statuses = {}
+    for event in journal.events:
+        if event["op"] == "trial_start":
+            statuses[event["name"]] = "RUNNING"
+        elif event["op"] == "trial_end":
+            statuses[next(e["name"] for e in journal.events if e.get("trial") == event["trial"]
+                          and e["op"] == "trial_start")] = event["status"]
+    return statuses
+
+
+def _finish(spec: JobSpec, folder: RunFolder, results, callback) -> JobResult:
+    """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
+    from tuner.report import rank_trials, write_report
+
+    tracker = callback.tracker
+    ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
+    statuses = _trial_statuses(folder)
+    result = JobResult(run_folder=folder.path, tracking_uri=callback.settings["tracking_uri"],
+                       parent_run_id=callback.settings["parent_run_id"], statuses=statuses, top=ranked[:5])
+    if ranked:
+        best = ranked[0]
+        result.best_trial, result.best_value, result.best_config = best["trial"], best["value"], best["config"]
+    if ranked and spec.ensemble.top_k > 0:
+        from tuner.ensemble import build_ensemble
+
+        result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker)
+    for path in write_report(spec, results, ranked, statuses, folder.report):
+        tracker.emit("artifact", path=str(path), artifact_path="report")
+    counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
+    tags = {"tuner.status": "FINISHED" if result.succeeded else "FAILED"}
+    if result.best_trial:
+        tags.update(best_trial=result.best_trial, best_config=json.dumps(result.best_config, default=str))
+    tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
+    tracker.emit("parent_end", status="FINISHED" if result.succeeded else "FAILED")
+    result.undelivered = tracker.close()
+    folder.write_state(status="finished" if result.succeeded else "failed", best_trial=result.best_trial,
+                       undelivered=result.undelivered)
+    return result

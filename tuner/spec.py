@@ -1,0 +1,406 @@
+"""The job spec: one YAML file in, one validated, frozen `JobSpec` out.
+
+This is the only place user input is checked. Every error is a `SpecError` that prints as one line
+naming the file, the field and the value; nothing downstream re-checks.
+
+    spec = load_spec("job.yaml", overrides=["search.num_samples=8"])
+
+Overrides (``--set key.path=value``) are applied to the parsed file before validation, values parsed
+as YAML, so they go through exactly the same checks as the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from search_spaces import load_preset, parse_space, preset_names
+from trainables.knobs import DEFAULTS, MODELS, knob_problem
+from tuner.errors import SpecError
+
+__all__ = ["JobSpec", "load_spec", "spec_from_mapping", "BUILTIN_METRICS"]
+
+MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_NODES = 10_000  # a spec has tens of values; more means an alias bomb or a mistake
+BUILTIN_METRICS = {"val_loss": "min", "train_loss": "min", "val_acc": "max"}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DataSpec(_Section):
+    """``data: digits`` or ``data: {path: ..., format: idx|npz|csv}`` (built-in trainables only)."""
+
+    name: Literal["digits"] | None = None  # a built-in data set
+    path: str | None = None  # a user file (npz, csv) or folder (idx); relative to the spec's folder
+    format: Literal["idx", "npz", "csv"] | None = None
+    label_column: str = "label"  # csv: the column holding integer classes
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)  # share of examples held out for validation
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)  # share held out for the final test (never for selection)
+    split_seed: int = Field(0, ge=0)  # the split is fixed by this seed, the same for every trial
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give either a built-in name (digits) or a path with a format")
+        if self.path is not None and self.format is None:
+            raise ValueError("format is required with a path: idx, npz or csv")
+        return self
+
+
+class SearchSpec(_Section):
+    algorithm: Literal["tpe", "random"] = "tpe"  # Optuna TPESampler or RandomSampler
+    num_samples: int = Field(16, ge=1, le=100_000)  # trials in the job
+    max_concurrent: int = Field(2, ge=1)  # trials running at once
+    seed: int = Field(0, ge=0)  # the sampler's seed
+    space: str | dict[str, Any] = "training_tricks"  # a preset name or an inline mapping
+
+
+class SchedulerSpec(_Section):
+    name: Literal["fifo", "asha"] = "fifo"  # run every trial to the end, or stop poor ones early
+    grace_period: int = Field(1, ge=1)  # asha: epochs every trial gets before it can be stopped
+    max_t: int | None = Field(None, ge=1)  # asha: the most epochs a trial gets (default: trial.epochs)
+    reduction_factor: float = Field(3.0, gt=1)  # asha: keep 1/reduction_factor of trials at each rung
+
+
+class ResourcesSpec(_Section):
+    cpu: float = Field(1.0, gt=0)  # CPUs per trial
+    gpu: float = Field(0.0, ge=0)  # GPUs per trial; fractional shares a GPU (0.25 = four trials per GPU)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, gpu: float) -> float:
+        if gpu > 1 and gpu != int(gpu):
+            raise ValueError("a share above 1 GPU must be a whole number")
+        return gpu
+
+
+class TrialSpec(_Section):
+    epochs: int = Field(20, ge=1, le=100_000)  # epochs per trial (built-in trainables; asha's default max_t)
+    resources: ResourcesSpec = ResourcesSpec()
+    max_failures: int = Field(0, ge=0, le=100)  # retries of a failed trial from its last checkpoint
+
+
+class EnsembleSpec(_Section):
+    top_k: int = Field(5, ge=0, le=100)  # members of the ensemble of best trials; 0 = no ensemble
+
+
+class MlflowSpec(_Section):
+    tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite in the output directory
+    experiment: str | None = None  # default: the job name
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme = uri.split(":", 1)[0] if ":" in uri else ""
+        if scheme not in TRACKING_SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(TRACKING_SCHEMES)}")
+        if scheme == "sqlite":
+            path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+            if not path or Path(path).is_absolute() or ".." in Path(path).parts:
+                raise ValueError("a sqlite store is a relative path inside the output directory, "
+                                 "like sqlite:///mlflow.db")
+        return uri
+
+
+class RaySpec(_Section):
+    address: str | None = None  # null: Ray in this process; "auto" or host:port: join a running cluster
+
+
+class JobSpec(_Section):
+    """A whole tuning job. Field comments are the reference README's table is made from."""
+
+    name: str  # job name: MLflow experiment default and Ray run name; [A-Za-z0-9_.-]
+    trainable: str = "mlp"  # mlp, cnn, or "module:function" (a Ray Tune function trainable)
+    code_dir: str | None = None  # user trainables: folder shipped to workers (default: the spec's folder)
+    data: DataSpec | None = None  # built-ins: digits (default) or a user file
+    metric: str = "val_loss"  # what trials report and the search optimises
+    mode: Literal["min", "max"] = "min"
+    search: SearchSpec = SearchSpec()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    trial: TrialSpec = TrialSpec()
+    fixed: dict[str, Any] = {}  # constants merged into every trial's config
+    ensemble: EnsembleSpec = EnsembleSpec()
+    mlflow: MlflowSpec = MlflowSpec()
+    ray: RaySpec = RaySpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not NAME_PATTERN.match(name) or name in (".", ".."):
+            raise ValueError("must be 1-100 of A-Z a-z 0-9 _ . - (it names a folder and an MLflow experiment)")
+        return name
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.trainable in MODELS
+
+    @property
+    def experiment(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    @property
+    def space(self) -> dict[str, dict[str, list]]:
+        """The parsed search space ({key: {domain: [args]}})."""
+        return self.search.space  # type: ignore[return-value]  # normalised by the loader
+
+    def trial_config(self) -> dict[str, Any]:
+        """The constant part of every trial's config (the searcher adds the sampled keys)."""
+        if self.is_builtin:
+            return {**self.fixed, "model": self.trainable, "epochs": self.trial.epochs,
+                    "metric": self.metric, "mode": self.mode}
+        return dict(self.fixed)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------- YAML
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (a silent overwrite otherwise)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, "", f"not valid YAML: {where}{problem}") from None
+
+
+def _count_nodes(value: Any, limit: int) -> int:
+    """Count values as if aliases were expanded, stopping past ``limit`` (alias bombs stop here)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        if isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read, override and validate a spec file. Raises `SpecError` on any problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpecError(source, "", "no such file")
+    raw_bytes = path.read_bytes()
+    if len(raw_bytes) > MAX_SPEC_BYTES:
+        raise SpecError(source, "", f"larger than {MAX_SPEC_BYTES} bytes; a spec is a short file", len(raw_bytes))
+    try:
+        text = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(source, "", "not UTF-8 text") from None
+    raw = _parse_yaml(text, source)
+    if raw is None:
+        raise SpecError(source, "", "is empty: a spec is a mapping with at least a name")
+    return spec_from_mapping(raw, source=source, base_dir=path.resolve().parent, overrides=overrides)
+
+
+def spec_from_mapping(raw: Any, *, source: str = "spec", base_dir: Path | None = None,
+                      overrides: Sequence[str] = ()) -> JobSpec:
+    """Validate an already parsed spec (``base_dir`` resolves relative paths; default: cwd)."""
+    base_dir = base_dir or Path.cwd()
+    if not isinstance(raw, Mapping):
+        raise SpecError(source, "", "must be a mapping of fields (name: ..., trainable: ...)", raw)
+    if _count_nodes(raw, MAX_SPEC_NODES) > MAX_SPEC_NODES:
+        raise SpecError(source, "", f"expands to more than {MAX_SPEC_NODES} values (YAML aliases?)")
+    raw = _plain(raw)
+    for override in overrides:
+        _apply_override(raw, override, source)
+    if isinstance(raw.get("data"), str):
+        raw["data"] = {"name": raw["data"]}
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_spec_error(exc, source) from None
+    return _check_semantics(spec, source, base_dir)
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy with plain dicts/lists, so overrides never touch the caller's objects."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _apply_override(raw: dict, override: str, source: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise SpecError(source, "--set", "must look like key.path=value", override)
+    value = _parse_yaml(text, f"{source} (--set {key})") if text.strip() else None
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise SpecError(source, ".".join(parts[: i + 1]), "is not a mapping, so it has no sub-keys to --set", child)
+        node = child
+    node[parts[-1]] = value
+
+
+def _fields_at(loc: Sequence[Any]) -> list[str]:
+    """The field names of the section at ``loc`` (for did-you-mean)."""
+    model: Any = JobSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            break
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _to_spec_error(exc: ValidationError, source: str) -> SpecError:
+    error = exc.errors()[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("function-after",))]
+    field = ".".join(str(p) for p in loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+        return SpecError(source, field, f"unknown key{hint}")
+    if kind == "missing":
+        return SpecError(source, field, "is required")
+    if kind == "literal_error":
+        return SpecError(source, field, f"must be {error['ctx']['expected']}", error["input"])
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:]
+    if kind == "model_type" or kind == "dict_type":
+        message = "must be a mapping"
+    return SpecError(source, field, message, error["input"])
+
+
+# ------------------------------------------------------------------------------- semantic checks
+
+
+def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
+    """Checks that need more than one field, the file system or the trainable's knobs."""
+    space = spec.search.space
+    if isinstance(space, str):
+        if space not in preset_names():
+            close = difflib.get_close_matches(space, preset_names(), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known presets: {', '.join(preset_names())}"
+            raise SpecError(source, "search.space", f"unknown preset; {hint}", space)
+        parsed = load_preset(space, source=source)
+    else:
+        parsed = parse_space(space, source=source)
+    updates: dict[str, Any] = {"search": spec.search.model_copy(update={"space": parsed})}
+
+    if spec.is_builtin:
+        _check_builtin(spec, parsed, source)
+        data = spec.data or DataSpec(name="digits")
+        if data.path is not None:
+            data = data.model_copy(update={"path": str(_existing_data(data, base_dir, source))})
+        if spec.trainable == "cnn" and data.format == "csv":
+            raise SpecError(source, "data.format", "the cnn needs image-shaped inputs (idx or npz)", "csv")
+        updates["data"] = data
+    else:
+        if spec.data is not None:
+            raise SpecError(source, "data", "is for the built-in trainables; a user trainable reads its own data "
+                            "(pass paths through fixed)")
+        code_dir = (base_dir / spec.code_dir).resolve() if spec.code_dir else base_dir
+        _check_user_trainable(spec.trainable, code_dir, source)
+        updates["code_dir"] = str(code_dir)
+    if spec.scheduler.max_t is not None and spec.scheduler.grace_period > spec.scheduler.max_t:
+        raise SpecError(source, "scheduler.grace_period", f"must be <= max_t ({spec.scheduler.max_t})",
+                        spec.scheduler.grace_period)
+    return spec.model_copy(update=updates)
+
+
+def _check_builtin(spec: JobSpec, space: Mapping[str, Mapping[str, list]], source: str) -> None:
+    if spec.metric not in BUILTIN_METRICS:
+        raise SpecError(source, "metric", f"built-in trainables report {', '.join(BUILTIN_METRICS)}", spec.metric)
+    if BUILTIN_METRICS[spec.metric] != spec.mode:
+        raise SpecError(source, "mode", f"{spec.metric} is to be {BUILTIN_METRICS[spec.metric]}imised", spec.mode)
+    knobs = [k for k in DEFAULTS if k != "epochs"]
+    for section, keys in (("fixed", spec.fixed), ("search.space", space)):
+        for key in keys:
+            if key == "epochs":
+                raise SpecError(source, f"{section}.epochs", "set trial.epochs instead")
+            if key not in DEFAULTS:
+                close = difflib.get_close_matches(str(key), knobs, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"knobs: {', '.join(knobs)}"
+                raise SpecError(source, f"{section}.{key}", f"not a knob of the built-in trainables; {hint}")
+    for key, value in spec.fixed.items():
+        if (problem := knob_problem(key, value)) is not None:
+            raise SpecError(source, f"fixed.{key}", problem, value)
+    for key, domain in space.items():
+        if key in spec.fixed:
+            raise SpecError(source, f"search.space.{key}", "is also in fixed; a knob is either searched or fixed")
+        (kind, args), = domain.items()
+        for value in args:
+            if (problem := knob_problem(key, value)) is not None:
+                raise SpecError(source, f"search.space.{key}.{kind}", problem, value)
+
+
+def _existing_data(data: DataSpec, base_dir: Path, source: str) -> Path:
+    path = (base_dir / data.path).resolve()  # type: ignore[operator]
+    if data.format == "idx":
+        if not path.is_dir():
+            raise SpecError(source, "data.path", "idx data is a folder holding *-images-idx3-ubyte[.gz] and "
+                            "*-labels-idx1-ubyte[.gz]; no such folder", data.path)
+        if not list(path.glob("*images-idx3-ubyte*")) or not list(path.glob("*labels-idx1-ubyte*")):
+            raise SpecError(source, "data.path", "no *-images-idx3-ubyte / *-labels-idx1-ubyte files in this folder",
+                            data.path)
+    elif not path.is_file():
+        raise SpecError(source, "data.path", "no such file", data.path)
+    return path
+
+
+def _check_user_trainable(target: str, code_dir: Path, source: str) -> None:
+    module_name, sep, function = target.partition(":")
+    if not sep or not module_name or not function:
+        raise SpecError(source, "trainable", f"must be one of {', '.join(MODELS)} or module:function", target)
+    sys.path.insert(0, str(code_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except (ImportError, SyntaxError) as exc:
+        raise SpecError(source, "trainable", f"cannot import {module_name!r} from {code_dir} or PYTHONPATH "
+                        f"({exc})", target) from None
+    finally:
+        sys.path.remove(str(code_dir))
+    if not callable(getattr(module, function, None)):
+        raise SpecError(source, "trainable", f"module {module_name!r} has no function {function!r}", target)

@@ -1,0 +1,392 @@
+"""MLflow tracking: one parent run per job, one child run per trial, written only by the driver.
+
+How it works:
+- `start_parent_run` creates (or, on resume, reuses) the job's parent run before Ray starts.
+- `TrackingCallback` (a Ray Tune callback) turns trial events into small JSON events and appends
+  them to a journal on disk (``<run_dir>/tracking/events.jsonl``). It never talks to MLflow, so a
+  slow or dead tracking server cannot stall Tune's event loop.
+- `Tracker` owns a writer thread that delivers the journal to MLflow in order, grouping metrics into
+  `log_batch` calls, and records how far it got (``delivered``). When the server is away it keeps
+  the events and tries again; what is still undelivered when the job ends stays in the journal for
+  `tuner sync`, which is the same delivery run again. A child run is looked up by its
+  ``tuner.trial_id`` tag before it is created, so replays and resumes never duplicate a trial.
+
+Credentials for a secured server come from MLflow's own environment variables
+(MLFLOW_TRACKING_USERNAME / PASSWORD / TOKEN) and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+from ray.tune import Callback
+
+log = logging.getLogger(__name__)
+
+TRIAL_TAG = "tuner.trial_id"
+JOB_TAG = "tuner.job"
+PARENT_TAG = "mlflow.parentRunId"
+# Keys Ray adds to every result; everything else a trial reports is logged as a metric.
+RAY_RESULT_KEYS = frozenset({
+    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "date", "pid", "hostname",
+    "node_ip", "time_since_restore", "iterations_since_restore", "timesteps_total", "timesteps_since_restore",
+    "episodes_total", "done", "trial_id", "experiment_id", "experiment_tag", "config", "should_checkpoint",
+    "checkpoint_dir_name", "warmup_time", "episodes_this_iter", "timesteps_this_iter",
+})
+_RETRY_WAIT_S = (1, 2, 4, 8)  # waits between delivery attempts while the server is away
+_POLL_S = 0.5  # the writer delivers at most this long after an event
+
+# Keep MLflow's own HTTP retries short: the journal already buffers, and a long retry inside one
+# call would hold up every later event.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def trial_run_name(trial_id: str, experiment_tag: str | None = None) -> str:
+    """``trial-007`` for the 7th trial Tune created: readable, and stable across resumes.
+
+    Tune's experiment tag starts with the trial's index (``7_lr=0.01,...``); the id is a fallback.
+    """
+    index = (experiment_tag or "").split("_", 1)[0]
+    return f"trial-{int(index):03d}" if index.isdigit() else f"trial-{trial_id}"
+
+
+def trial_name(trial) -> str:
+    """The readable name of a `ray.tune.experiment.Trial`."""
+    return trial_run_name(trial.trial_id, trial.experiment_tag)
+
+
+def _param_value(value: Any) -> str:
+    return "null" if value is None else str(value)[:6000]
+
+
+def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, params: Mapping[str, Any],
+                     spec_yaml: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """Create the job's parent run with the spec as params and artifact; return (experiment_id, run_id)."""
+    from mlflow.entities import Param, RunTag
+
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags})
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[start : start + 100])
+    client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
+    client.log_batch(run.info.run_id, tags=[RunTag("tuner.status", "RUNNING")])
+    return experiment_id, run.info.run_id
+
+
+# ------------------------------------------------------------------------------------------ journal
+
+
+class Journal:
+    """An append-only JSON-lines file of events and the count already delivered."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.events_path = folder / "events.jsonl"
+        self.delivered_path = folder / "delivered"
+        self.events: list[dict[str, Any]] = []
+        if self.events_path.exists():
+            for line in self.events_path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        self.events.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break  # a line cut short by a crash: nothing after it was written
+        self.delivered = int(self.delivered_path.read_text()) if self.delivered_path.exists() else 0
+        self._file = open(self.events_path, "a")
+        self._lock = threading.Lock()
+
+    def append(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            self.events.append(event)
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.events[self.delivered :]
+
+    def mark_delivered(self, count: int) -> None:
+        self.delivered += count
+        tmp = self.delivered_path.with_suffix(".tmp")
+        tmp.write_text(str(self.delivered))
+        tmp.replace(self.delivered_path)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# ----------------------------------------------------------------------------------------- delivery
+
+
+class Delivery:
+    """Applies journal events to MLflow. Stateless apart from the trial -> child run map."""
+
+    def __init__(self, *, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.client = _client(tracking_uri)
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.runs: dict[str, str] = {}
+        self.progress = 0
+
+    def _child(self, trial_id: str, name: str | None = None) -> str:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+        )
+        if found:
+            self.runs[trial_id] = found[0].info.run_id
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name or f"trial-{trial_id}", tags={
+                PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
+            self.runs[trial_id] = run.info.run_id
+        return self.runs[trial_id]
+
+    def apply(self, events: list[dict[str, Any]]) -> int:
+        """Deliver events in order; return how many were delivered.
+
+        Stops at the first failing call by raising; `progress` then says how many went through.
+        """
+        done = self.progress = 0
+        while done < len(events):
+            batch = [events[done]]
+            if batch[0]["op"] == "metrics":  # group consecutive metrics of one trial into one call
+                while (done + len(batch) < len(events) and len(batch) < 100
+                       and events[done + len(batch)]["op"] == "metrics"
+                       and events[done + len(batch)]["trial"] == batch[0]["trial"]):
+                    batch.append(events[done + len(batch)])
+            self._apply(batch)
+            done = self.progress = done + len(batch)
+        return done
+
+    def _apply(self, batch: list[dict[str, Any]]) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        event = batch[0]
+        op = event["op"]
+        if op == "metrics":
+            run_id = self._child(event["trial"])
+            metrics = [Metric(k, float(v), e["time"], e["step"]) for e in batch for k, v in e["values"].items()]
+            for start in range(0, len(metrics), 1000):
+                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        elif op == "trial_start":
+            run_id = self._child(event["trial"], event["name"])
+            logged = set(self.client.get_run(run_id).data.params)
+            params = [Param(k, _param_value(v)) for k, v in event["params"].items() if k not in logged]
+            for start in range(0, len(params), 100):
+                self.client.log_batch(run_id, params=params[start : start + 100])
+            self.client.update_run(run_id, status="RUNNING")
+        elif op == "trial_end":
+            run_id = self._child(event["trial"])
+            tags = [RunTag(k, str(v)[:5000]) for k, v in event.get("tags", {}).items()]
+            metrics = [Metric(k, float(v), event["time"], 0) for k, v in event.get("metrics", {}).items()]
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if event.get("traceback"):
+                self.client.log_text(run_id, event["traceback"], "error.txt")
+            self.client.set_terminated(run_id, status=event["status"], end_time=event["time"])
+        elif op == "parent":
+            metrics = [Metric(k, float(v), event["time"], event.get("step", 0))
+                       for k, v in event.get("metrics", {}).items()]
+            tags = [RunTag(k, str(v)[:5000]) for k, v in event.get("tags", {}).items()]
+            self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
+        elif op == "artifact":
+            if Path(event["path"]).exists():
+                self.client.log_artifact(self.parent_run_id, event["path"], event.get("artifact_path"))
+        elif op == "parent_end":
+            self.client.set_terminated(self.parent_run_id, status=event["status"], end_time=event["time"])
+        else:
+            raise ValueError(f"unknown tracking event {op!r}")
+
+
+# ---------------------------------------------------------------------------------------- the writer
+
+
+class Tracker:
+    """The job's one MLflow writer: a journal plus a thread that delivers it.
+
+    One per run folder in a process (`Tracker.for_run`), shared by the Tune callback and the code
+    that logs the job's results after `Tuner.fit`.
+    """
+
+    _open: dict[Path, Tracker] = {}
+
+    def __init__(self, folder: Path, *, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+        self.journal = Journal(folder)
+        self.delivery = Delivery(tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id)
+        self.tracking_uri = tracking_uri
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failures = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="tuner-mlflow-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_run(cls, folder: Path, **kwargs: Any) -> Tracker:
+        folder = folder.resolve()
+        if folder not in cls._open:
+            cls._open[folder] = cls(folder, **kwargs)
+        return cls._open[folder]
+
+    def emit(self, op: str, **fields: Any) -> None:
+        self.journal.append({"op": op, "time": int(time.time() * 1000), **fields})
+        self._wake.set()
+
+    def _deliver_once(self) -> bool:
+        """Try to deliver everything pending; True when nothing is left."""
+        pending = self.journal.pending()
+        if not pending:
+            return True
+        delivered = 0
+        try:
+            delivered = self.delivery.apply(pending)
+        except Exception as exc:  # noqa: BLE001 - any failure of the server or the network: keep and retry
+            self._failures += 1
+            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            if self._failures == 1:
+                log.warning("tracking server unreachable (%s); buffering events on disk", self.last_error)
+            delivered = self.delivery.progress
+        else:
+            if self._failures:
+                log.warning("tracking server is back; delivered the buffered events")
+            self._failures = 0
+        if delivered:
+            self.journal.mark_delivered(delivered)
+        return delivered == len(pending)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(_POLL_S)
+            self._wake.clear()
+            if not self._deliver_once():
+                self._stop.wait(_RETRY_WAIT_S[min(self._failures, len(_RETRY_WAIT_S)) - 1])
+
+    def close(self, *, timeout_s: float = 30.0) -> int:
+        """Stop the writer, then keep delivering until done or ``timeout_s``; return events left undelivered."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        deadline = time.monotonic() + timeout_s
+        while not self._deliver_once() and time.monotonic() < deadline:
+            time.sleep(_RETRY_WAIT_S[min(self._failures, len(_RETRY_WAIT_S)) - 1])
+        left = len(self.journal.pending())
+        self.journal.close()
+        Tracker._open.pop(self.journal.events_path.parent.resolve(), None)
+        return left
+
+
+def sync(folder: Path, *, tracking_uri: str, experiment_id: str, parent_run_id: str) -> tuple[int, int]:
+    """Deliver what a job left in its journal (``tuner sync``); return (delivered, left)."""
+    journal = Journal(folder)
+    pending = journal.pending()
+    delivery = Delivery(tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id)
+    try:
+        delivery.apply(pending)
+    finally:
+        journal.mark_delivered(delivery.progress)
+        journal.close()
+    return delivery.progress, len(pending) - delivery.progress
+
+
+# --------------------------------------------------------------------------------------- the callback
+
+
+class TrackingCallback(Callback):
+    """Ray Tune callback: trial events -> journal. Picklable (Tune saves it with the experiment)."""
+
+    def __init__(self, *, folder: Path, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 metric: str, mode: str, max_t: int | None = None) -> None:
+        self.settings = dict(folder=Path(folder), tracking_uri=tracking_uri, experiment_id=experiment_id,
+                             parent_run_id=parent_run_id)
+        self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.best: float | None = None
+
+    @property
+    def tracker(self) -> Tracker:
+        settings = dict(self.settings)
+        return Tracker.for_run(settings.pop("folder"), **settings)
+
+    def setup(self, **info: Any) -> None:
+        self.tracker  # start the writer before the first trial  # noqa: B018
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.tracker.emit("trial_start", trial=trial.trial_id, name=trial_name(trial),
+                          params=_flat(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
+        self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
+                          values=values)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        finished = bool(result.get("done"))
+        tags = {"tuner.end": "finished" if finished else "stopped early by the scheduler"}
+        self.tracker.emit("trial_end", trial=trial.trial_id, status="FINISHED" if finished else "KILLED", tags=tags)
+        value = result.get(self.metric)
+        if _is_number(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+            self.best = value
+            self.tracker.emit("parent", metrics={f"best_{self.metric}": value}, tags={
+                "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        message, trace = _trial_error(trial)
+        diverged = "Diverged" in message
+        self.tracker.emit("trial_end", trial=trial.trial_id, status="FAILED", traceback=trace,
+                          tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
+                          metrics={"diverged": 1} if diverged else {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "best": None}
+
+
+def _trial_error(trial) -> tuple[str, str]:
+    """(one-line message, full text) of a failed trial's error."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        text = Path(path).read_text()
+    elif getattr(trial, "error_message", None):
+        text = str(trial.error_message)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if ("Error" in line or "Exception" in line or "Diverged" in line)
+                  and not line.startswith("File ")), lines[-1] if lines else "unknown error")
+    return cause[:500], text or "".join(traceback.format_stack(limit=1))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial config as MLflow params see it (nested keys joined with '/')."""
+    return _flat(config)
