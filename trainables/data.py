@@ -57,7 +57,8 @@ def load_dataset(data: Mapping[str, Any]) -> Dataset:
     else:
         path = Path(data["path"])
         loader = {"idx": load_idx, "npz": load_npz, "csv": load_csv}[data["format"]]
-        x, y, shape = loader(path, **({"label_column": data["label_column"]} if data["format"] == "csv" else {}))
+        options = {"label_column": data.get("label_column", "label")} if data["format"] == "csv" else {}
+        x, y, shape = loader(path, **options)
     return make_dataset(x, y, image_shape=shape, **split)
 
 

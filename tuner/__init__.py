@@ -1,6 +1,10 @@
-"""The tuning service: job spec, search wiring, run/resume, MLflow tracking, ensemble, export, CLI."""
+"""The tuning service: job spec, search wiring, run/resume, MLflow tracking, ensemble, export, CLI.
 
-from tuner.errors import SpecError, UserError
-from tuner.spec import JobSpec, load_spec
+Entry points: `tuner.spec.load_spec` (YAML -> JobSpec), `tuner.run.run_job` (JobSpec -> JobResult)
+and the `tuner` command (`tuner.cli`). This package imports nothing heavy on its own, so that
+`search_spaces` and `trainables` can use its error types.
+"""
 
-__all__ = ["JobSpec", "SpecError", "UserError", "load_spec"]
+from tuner.errors import NotFoundError, SpecError, UserError
+
+__all__ = ["NotFoundError", "SpecError", "UserError"]

@@ -54,6 +54,8 @@ def _user_errors(command: Callable) -> Callable:
 
 
 def _quiet(verbose: bool) -> None:
+    import mlflow  # noqa: F401 - it sets its loggers' levels on import; set ours after
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose:
         for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
@@ -175,6 +177,139 @@ def _print_result(result: Any, job: Any) -> None:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow store; default $MLFLOW_TRACKING_URI, "
+                              "else the embedded store in --output-dir.")
+
+
+def _store(tracking_uri: str | None, output_dir: Path) -> str:
+    from tuner.run import EMBEDDED_STORE
+
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output_dir / EMBEDDED_STORE).resolve()}"
+
+
+@app.command()
+@_user_errors
+def export(job: str = typer.Argument(..., help="Job name or parent run id."),
+           output: Path = typer.Option(Path("best.yaml"), "--output", "-o"),
+           format: str = typer.Option("yaml", "--format", help="yaml or json"),
+           force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+           tracking_uri: Optional[str] = TrackingOption, output_dir: Path = OutputOption) -> None:
+    """Write the best trial's config as a spec that `tuner train` retrains."""
+    from tuner.export import best_spec, write_spec
+
+    if format not in ("yaml", "json"):
+        raise UserError(f"--format: must be yaml or json (got {format!r})")
+    _quiet(False)
+    spec = best_spec(_store(tracking_uri, output_dir), job)
+    write_spec(spec, output, fmt=format, force=force)
+    out.print(f"wrote {output} (best trial {spec['_exported']['trial']} of run {spec['_exported']['from_run']})")
+    if spec["_exported"]["model_uri"]:
+        out.print(f"ensemble model: {spec['_exported']['model_uri']}")
+    out.print(f"retrain: tuner train {output}")
+
+
+@app.command()
+@_user_errors
+def train(spec: Path = typer.Argument(..., help="A spec, typically from tuner export."),
+          set: List[str] = SetOption) -> None:
+    """Train the spec's config once, no search, and print each epoch."""
+    from tuner.run import train_once
+    from tuner.spec import load_spec
+
+    job = load_spec(spec, overrides=set)
+    history: list[dict[str, float]] = []
+
+    def report(metrics: dict[str, float], checkpoint: Any) -> None:
+        history.append(metrics)
+        out.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+    train_once(job, report=report)
+    best = (min if job.mode == "min" else max)(m[job.metric] for m in history)
+    out.print(f"best {job.metric}={best!r}")
+
+
+@app.command()
+@_user_errors
+def resume(job: str = typer.Argument(..., help="Job name (its newest run) or run folder."),
+           output_dir: Path = OutputOption, verbose: bool = VerboseOption) -> None:
+    """Finish an interrupted job: same trials, same MLflow parent run."""
+    from tuner.run import find_run_folder, resume_job
+    from tuner.spec import load_spec
+
+    folder = find_run_folder(output_dir, job)
+    _quiet(verbose)
+    result = resume_job(folder, verbose=verbose)
+    _print_result(result, load_spec(folder.spec))
+    raise typer.Exit(0 if result.succeeded else 1)
+
+
+@app.command()
+@_user_errors
+def sync(job: str = typer.Argument(..., help="Job name (its newest run) or run folder."),
+         output_dir: Path = OutputOption) -> None:
+    """Deliver tracking events that the MLflow server missed."""
+    from tuner.run import find_run_folder
+    from tuner.tracking import sync as deliver
+
+    folder = find_run_folder(output_dir, job)
+    state = folder.read_state()
+    _quiet(False)
+    delivered, left = deliver(folder.tracking, tracking_uri=state["tracking_uri"],
+                              experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+    out.print(f"delivered {delivered} events to {state['tracking_uri']}; {left} left")
+    raise typer.Exit(0 if left == 0 else 1)
+
+
+@app.command()
+@_user_errors
+def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store is opened."),
+       port: int = typer.Option(5000, "--port"), output_dir: Path = OutputOption,
+       tracking_uri: Optional[str] = TrackingOption) -> None:
+    """Start the MLflow UI on the job's store (Ctrl-C stops it)."""
+    import subprocess
+
+    from tuner.run import tracking_uri_for
+    from tuner.spec import load_spec
+
+    uri = tracking_uri_for(load_spec(spec), output_dir) if spec else _store(tracking_uri, output_dir)
+    out.print(f"MLflow UI for {uri}: http://127.0.0.1:{port}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+@_user_errors
+def runs(tracking_uri: Optional[str] = TrackingOption, output_dir: Path = OutputOption) -> None:
+    """List the jobs in the MLflow store, newest first."""
+    from tuner.show import job_runs
+
+    _quiet(False)
+    table = Table(title=f"jobs in {_store(tracking_uri, output_dir)}", title_justify="left")
+    for column in ("job", "parent run", "started", "status", "best"):
+        table.add_column(column)
+    for row in job_runs(_store(tracking_uri, output_dir)):
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+@_user_errors
+def show(job: str = typer.Argument(..., help="Job name or parent run id."),
+         tracking_uri: Optional[str] = TrackingOption, output_dir: Path = OutputOption) -> None:
+    """Show one job's trials and their statuses."""
+    from tuner.show import job_trials
+
+    _quiet(False)
+    title, columns, rows = job_trials(_store(tracking_uri, output_dir), job)
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 def main() -> None:  # pragma: no cover - console-script entry

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 
+from trainables.pyfunc import EnsembleModel
 from tuner.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -81,44 +83,18 @@ def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, track
 # ------------------------------------------------------------------------------------ the model
 
 
-class EnsembleModel(mlflow.pyfunc.PythonModel):
-    """An MLflow pyfunc model: raw inputs -> averaged class probabilities of the members."""
+def _model_kwargs(staging: Path) -> dict[str, Any]:
+    """What save_model and log_model both take: the code, the members, pinned requirements.
 
-    def load_context(self, context) -> None:
-        import torch
+    Requirements are given rather than inferred: inference loads the model in a subprocess (~5 s).
+    """
+    import importlib.metadata as md
 
-        from trainables.models import build_model
-
-        meta = json.loads(Path(context.artifacts["ensemble"], "ensemble.json").read_text())
-        self.offset, self.divisor = meta["scaling"]
-        self.models = []
-        for i, member in enumerate(meta["members"]):
-            model = build_model(member["config"], input_dim=meta["input_dim"],
-                                image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
-                                num_classes=meta["num_classes"])
-            state = torch.load(Path(context.artifacts["ensemble"], f"member-{i}.pt"), weights_only=True)
-            model.load_state_dict(state)
-            model.eval()
-            self.models.append(model)
-
-    def predict(self, context, model_input, params=None) -> np.ndarray:
-        import torch
-
-        from trainables.models import predict_proba
-
-        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        x = (x.reshape(len(x), -1) - self.offset) / self.divisor
-        tensor = torch.from_numpy(x.astype(np.float32))
-        return np.mean([predict_proba(m, tensor).numpy() for m in self.models], axis=0)
-
-
-def _project_code() -> list[str]:
-    """The packages the model needs to load where the project is not installed."""
-    import search_spaces
     import trainables
-    import tuner
 
-    return [str(Path(package.__file__).parent) for package in (search_spaces, trainables, tuner)]
+    return dict(python_model=EnsembleModel(), artifacts={"ensemble": str(staging)},
+                code_paths=[str(Path(trainables.__file__).parent)],
+                pip_requirements=[f"{p}=={md.version(p)}" for p in ("mlflow", "torch", "numpy", "cloudpickle")])
 
 
 def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset) -> None:
@@ -133,8 +109,9 @@ def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset)
     (staging / "ensemble.json").write_text(json.dumps(meta, default=str))
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    mlflow.pyfunc.save_model(path=str(model_dir), python_model=EnsembleModel(),
-                             artifacts={"ensemble": str(staging)}, code_paths=_project_code())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": inputs are arrays of any shape
+        mlflow.pyfunc.save_model(path=str(model_dir), **_model_kwargs(staging))
 
 
 def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tracker) -> str | None:
@@ -142,10 +119,10 @@ def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tr
     mlflow.set_tracking_uri(tracker.tracking_uri)
     staging = model_dir.parent / "ensemble_members"
     try:
-        with mlflow.start_run(run_id=tracker.delivery.parent_run_id):
-            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, python_model=EnsembleModel(),
-                                           artifacts={"ensemble": str(staging)}, code_paths=_project_code(),
-                                           registered_model_name=spec.name)
+        with mlflow.start_run(run_id=tracker.delivery.parent_run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, registered_model_name=spec.name,
+                                           **_model_kwargs(staging))
     except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
         log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0], model_dir)
         return None

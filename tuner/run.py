@@ -128,7 +128,7 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
         paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
     ray.init(address=spec.ray.address or "local", runtime_env=env or None, include_dashboard=False,
-             logging_level=logging.INFO if verbose else logging.WARNING, log_to_driver=verbose,
+             logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
              configure_logging=True)
     return True
 
@@ -156,6 +156,9 @@ def _trainable(spec: JobSpec) -> Callable:
 
 def _tuner(spec: JobSpec, folder: RunFolder, callback, *, verbose: bool):
     from ray import tune
+
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's classic reporter prints nothing at verbose=0
 
     from tuner.search import make_scheduler, make_searcher
     from tuner.tracking import trial_name
@@ -235,6 +238,8 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
         raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
     spec = load_spec(folder.spec)
     state = folder.read_state()
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     started = _init_ray(spec, verbose=verbose)
     try:
         tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec), resume_unfinished=True,
@@ -308,3 +313,25 @@ def _finish(spec: JobSpec, folder: RunFolder, results, callback) -> JobResult:
     folder.write_state(status="finished" if result.succeeded else "failed", best_trial=result.best_trial,
                        undelivered=result.undelivered)
     return result
+
+
+def train_once(spec: JobSpec, *, report) -> None:
+    """Train the spec's config once, in this process, no Ray (``tuner train``).
+
+    The config is the spec's constants plus one value per searched knob (an exported spec pins each
+    to the best trial's value). Torch uses as many threads as a trial had CPUs, so results match
+    the trial's on the same machine.
+    """
+    import torch
+
+    from search_spaces import midpoint
+    from trainables.data import load_dataset
+    from trainables.knobs import DEFAULTS
+    from trainables.train import fit
+
+    if not spec.is_builtin:
+        raise UserError(f"{spec.name}: tuner train retrains the built-in trainables; run a user trainable "
+                        f"with tuner run (num_samples: 1)")
+    config = {**spec.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in spec.space.items()}}
+    torch.set_num_threads(max(1, int(spec.trial.resources.cpu)))
+    fit(config, load_dataset(spec.data.model_dump()), report=report)  # type: ignore[union-attr]

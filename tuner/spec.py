@@ -63,7 +63,7 @@ class SearchSpec(_Section):
     num_samples: int = Field(16, ge=1, le=100_000)  # trials in the job
     max_concurrent: int = Field(2, ge=1)  # trials running at once
     seed: int = Field(0, ge=0)  # the sampler's seed
-    space: str | dict[str, Any] = "training_tricks"  # a preset name or an inline mapping
+    space: Any = "training_tricks"  # a preset name or an inline mapping (checked by search_spaces)
 
 
 class SchedulerSpec(_Section):
@@ -294,7 +294,9 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 
 def _to_spec_error(exc: ValidationError, source: str) -> SpecError:
     error = exc.errors()[0]
-    loc = [part for part in error["loc"] if not (isinstance(part, str) and part in ("function-after",))]
+    # Drop the union-member tags pydantic puts in locations ("str", "function-after[...]", ...).
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "none") or "[" in part or part.startswith("function-")))]
     field = ".".join(str(p) for p in loc)
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -319,7 +321,7 @@ def _to_spec_error(exc: ValidationError, source: str) -> SpecError:
 def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
     """Checks that need more than one field, the file system or the trainable's knobs."""
     space = spec.search.space
-    if isinstance(space, str):
+    if isinstance(space, str) and space:
         if space not in preset_names():
             close = difflib.get_close_matches(space, preset_names(), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known presets: {', '.join(preset_names())}"

@@ -47,6 +47,7 @@ _POLL_S = 0.5  # the writer delivers at most this long after an event
 # call would hold up every later event.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _client(tracking_uri: str):

@@ -1,0 +1,146 @@
+"""The job spec: valid specs load, every kind of bad input is one SpecError naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from search_spaces import preset_names
+from tests.conftest import DATA, EXAMPLES
+from tuner.cli import app
+from tuner.errors import SpecError
+from tuner.spec import load_spec, spec_from_mapping
+
+BAD = sorted((DATA / "bad_specs").glob("*.yaml"))
+
+
+def _expected_field(path: Path) -> str:
+    first = path.read_bytes().split(b"\n", 1)[0].decode("utf-8", "replace")
+    return first.removeprefix("# expect:").strip() if first.startswith("# expect:") else ""
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 40
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_spec_is_one_spec_error_naming_the_field(path: Path):
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert "\n" not in message
+    field = _expected_field(path)
+    if field:
+        assert f": {field}:" in message or f": {field} " in message or message.split(": ")[1] == field
+
+
+@pytest.mark.parametrize("path", BAD[::4], ids=[p.stem for p in BAD[::4]])
+def test_cli_validate_exits_2_with_one_line_and_writes_nothing(path: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_did_you_mean_for_unknown_keys():
+    with pytest.raises(SpecError, match=r"search\.algoritm: unknown key; did you mean 'algorithm'\?"):
+        spec_from_mapping({"name": "x", "search": {"algoritm": "tpe"}})
+    with pytest.raises(SpecError, match=r"fixed\.dropuot: .*did you mean 'dropout'\?"):
+        spec_from_mapping({"name": "x", "fixed": {"dropuot": 0.1}})
+
+
+def test_example_spec_loads_with_the_issue_contract():
+    spec = load_spec(EXAMPLES / "digits-mlp.yaml")
+    assert spec.name == "digits-mlp" and spec.trainable == "mlp" and spec.data.name == "digits"
+    assert spec.search.algorithm == "tpe" and spec.search.num_samples == 16
+    assert set(spec.space) >= {"lr", "init", "dropout", "clip", "lr_decay", "weight_decay"}
+    assert spec.trial.resources.cpu == 1 and spec.fixed == {"batch_size": 64}
+
+
+def test_overrides_go_through_the_same_validation():
+    spec = load_spec(EXAMPLES / "digits-mlp.yaml", overrides=["search.num_samples=8", "trial.resources.gpu=0.25"])
+    assert spec.search.num_samples == 8 and spec.trial.resources.gpu == 0.25
+    with pytest.raises(SpecError, match="search.num_samples"):
+        load_spec(EXAMPLES / "digits-mlp.yaml", overrides=["search.num_samples=0"])
+    with pytest.raises(SpecError, match="--set: must look like key.path=value"):
+        load_spec(EXAMPLES / "digits-mlp.yaml", overrides=["search.num_samples"])
+
+
+def test_inline_space_and_null_choice():
+    spec = spec_from_mapping({"name": "x", "search": {"space": {
+        "lr": {"loguniform": [1e-4, 1.0]}, "clip": {"choice": [None, 1.0, 10.0]}, "width": {"randint": [32, 256]}}}})
+    assert spec.space["clip"] == {"choice": [None, 1.0, 10.0]}
+    assert spec.space["width"] == {"randint": [32, 256]}
+
+
+def test_data_path_resolves_relative_to_the_spec(tmp_path: Path):
+    import numpy as np
+
+    (tmp_path / "d").mkdir()
+    np.savez(tmp_path / "d" / "x.npz", x=np.zeros((10, 4)), y=np.arange(10) % 2)
+    (tmp_path / "job.yaml").write_text("name: j\ndata: {path: d/x.npz, format: npz}\n")
+    spec = load_spec(tmp_path / "job.yaml")
+    assert spec.data.path == str(tmp_path / "d" / "x.npz")
+
+
+def test_presets_are_valid():
+    for name in preset_names():
+        assert spec_from_mapping({"name": "x", "search": {"space": name}}).space
+
+
+def test_validate_prints_a_summary(tmp_path: Path):
+    result = CliRunner().invoke(app, ["validate", str(EXAMPLES / "digits-mlp.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "ok" in result.output and "tpe, 16 trials" in result.output
+
+
+# ----------------------------------------------------------------------------------- hypothesis
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=12))
+_yaml_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_random_text_only_raises_spec_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("h") / "spec.yaml"
+    path.write_text(text)
+    try:
+        load_spec(path)
+    except SpecError:
+        pass
+
+
+_VALID = yaml.safe_load((EXAMPLES / "digits-mlp.yaml").read_text())
+_PATHS = [("name",), ("trainable",), ("search", "algorithm"), ("search", "num_samples"), ("search", "space"),
+          ("trial", "epochs"), ("trial", "resources", "cpu"), ("fixed", "batch_size"), ("scheduler", "name"),
+          ("ensemble", "top_k"), ("mlflow",), ("metric",), ("mode",), ("search", "space", "lr")]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_PATHS), _yaml_values)
+def test_mutated_valid_spec_only_raises_spec_error(path, value):
+    import copy
+
+    raw = copy.deepcopy(_VALID)
+    node = raw
+    for key in path[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[path[-1]] = value
+    try:
+        spec_from_mapping(raw)
+    except SpecError:
+        pass

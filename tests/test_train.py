@@ -1,0 +1,90 @@
+"""The shared training loop and the recipe's sanity checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.checks import check_baseline, check_init_loss, check_overfit_batch, model_factory, run_checks
+from trainables.data import load_dataset
+from trainables.models import classifier_layer
+from trainables.train import Diverged, fit
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset({"name": "digits"})
+
+
+def _history(config, dataset):
+    history = []
+    fit(config, dataset, report=lambda metrics, checkpoint: history.append((metrics, checkpoint)))
+    return history
+
+
+def test_same_config_and_seed_give_identical_metrics(digits):
+    config = {"epochs": 3, "width": 32, "dropout": 0.2, "seed": 7}
+    first, second = _history(config, digits), _history(config, digits)
+    assert [m for m, _ in first] == [m for m, _ in second]
+    assert [m for m, _ in _history({**config, "seed": 8}, digits)] != [m for m, _ in first]
+
+
+def test_reports_every_epoch_with_the_named_metrics(digits):
+    history = _history({"epochs": 4, "width": 32, "lr_decay": 0.5}, digits)
+    assert [m["epoch"] for m, _ in history] == [1, 2, 3, 4]
+    assert set(history[0][0]) >= {"train_loss", "val_loss", "val_acc", "lr", "grad_norm", "init_loss"}
+    assert [m["lr"] for m, _ in history] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert history[0][0]["init_loss"] == pytest.approx(math.log(10), rel=0.2)
+    assert history[0][1] is not None  # the first epoch is always the best so far: checkpointed
+
+
+def test_patience_stops_early(digits):
+    history = _history({"epochs": 30, "width": 32, "lr": 0.0, "patience": 2}, digits)
+    assert len(history) == 3  # epoch 1 sets the best, two epochs without improvement stop
+
+
+def test_nan_loss_raises_diverged(digits):
+    with pytest.raises(Diverged, match="training loss became"):
+        _history({"epochs": 3, "lr": 1e6, "optimizer": "sgd", "clip": None, "init": "kaiming"}, digits)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_checks_pass_with_sane_settings(digits, model):
+    results = run_checks({"model": model, "width": 64, "channels": 8}, digits)
+    assert [r.passed for r in results] == [True, True, True], results
+
+
+def test_init_loss_check_fails_on_a_huge_last_layer(digits):
+    make = model_factory({"model": "mlp"}, digits)
+
+    def broken():
+        model = make()
+        with torch.no_grad():
+            classifier_layer(model).weight.mul_(1000)
+        return model
+
+    assert not check_init_loss(broken, digits).passed
+    assert check_init_loss(make, digits).passed
+
+
+class _IgnoresInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(10))
+        self.out = nn.Linear(1, 10)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1) + 0 * self.out(x[:, :1])
+
+
+def test_baseline_check_fails_on_a_model_that_ignores_its_input(digits):
+    assert not check_baseline(_IgnoresInput, digits, {"lr": 0.05}).passed
+
+
+def test_overfit_check_fails_with_lr_zero(digits):
+    make = model_factory({"model": "mlp"}, digits)
+    assert not check_overfit_batch(make, digits, {"lr": 0.0}).passed
+    assert check_overfit_batch(make, digits, {"lr": 0.01}).passed

@@ -1,0 +1,75 @@
+"""The best config out of MLflow, as a spec that `tuner train` replays.
+
+Everything is read from the tracking store (the parent run's ``spec.yaml`` artifact and its
+``best_config`` tag), so export works from any machine that sees the tracking server. The exported
+spec pins each searched knob to the best trial's value (a one-value ``choice``), so it passes the same
+validation as any spec and `tuner train` trains exactly that config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.errors import NotFoundError, UserError
+from tuner.tracking import JOB_TAG
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def find_parent_run(tracking_uri: str, job: str):
+    """The newest parent run of a job (by name), or the run with that id."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if RUN_ID.match(job):
+        try:
+            return client.get_run(job)
+        except MlflowException:
+            raise NotFoundError(f"{job}: no run with this id in {tracking_uri}") from None
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{JOB_TAG}` = '{job}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not runs:
+        raise NotFoundError(f"{job}: no job of this name in {tracking_uri}")
+    return runs[0]
+
+
+def best_spec(tracking_uri: str, job: str) -> dict[str, Any]:
+    """The job's spec with every searched knob pinned to the best trial's value."""
+    import mlflow.artifacts
+
+    run = find_parent_run(tracking_uri, job)
+    if "best_config" not in run.data.tags:
+        raise NotFoundError(f"{job}: run {run.info.run_id} has no finished trial to export")
+    best = json.loads(run.data.tags["best_config"])
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spec.yaml", dst_path=folder,
+                                                    tracking_uri=tracking_uri)
+        spec = yaml.safe_load(Path(local).read_text())
+    spec["search"]["space"] = {key: {"choice": [best[key]]} for key in spec["search"]["space"]}
+    spec["search"].update(num_samples=1, max_concurrent=1)
+    spec["ensemble"] = {"top_k": 0}
+    spec["_exported"] = {"from_run": run.info.run_id, "trial": run.data.tags.get("best_trial"),
+                         "model_uri": run.data.tags.get("ensemble_model_uri")}
+    return spec
+
+
+def write_spec(spec: dict[str, Any], path: Path, *, fmt: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path}: exists; pass --force to overwrite it")
+    origin = spec.pop("_exported")
+    if fmt == "json":
+        text = json.dumps(spec, indent=2) + "\n"
+    else:
+        header = (f"# The best trial ({origin['trial']}) of MLflow run {origin['from_run']}, exported by `tuner export`.\n"
+                  f"# Retrain it with `tuner train {path.name}`.\n")
+        text = header + yaml.safe_dump(spec, sort_keys=False)
+    path.write_text(text)
+    spec["_exported"] = origin
