@@ -36,3 +36,7 @@ def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
     return spec_from_mapping(raw, base_dir=tmp_path)
+
+
+# Workers of the shared in-process Ray import the test's user trainable from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DATA / "user_trainables"), os.environ.get("PYTHONPATH")]))

@@ -11,38 +11,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+
+import warnings
 
 import mlflow.pyfunc
 import numpy as np
 
 
-class EnsembleModel(mlflow.pyfunc.PythonModel):
-    """An MLflow pyfunc model: raw inputs -> averaged class probabilities of the members."""
+# MLflow warns at class creation that `predict` has no type hints; its inputs are arrays of any shape
+# (N x features or N x H x W), which MLflow's hint-based validation cannot express.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context) -> None:
-        import torch
+    class EnsembleModel(mlflow.pyfunc.PythonModel):
+        """An MLflow pyfunc model: raw inputs -> averaged class probabilities of the members."""
 
-        from trainables.models import build_model
+        def load_context(self, context) -> None:
+            import torch
 
-        meta = json.loads(Path(context.artifacts["ensemble"], "ensemble.json").read_text())
-        self.offset, self.divisor = meta["scaling"]
-        self.models = []
-        for i, member in enumerate(meta["members"]):
-            model = build_model(member["config"], input_dim=meta["input_dim"],
-                                image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
-                                num_classes=meta["num_classes"])
-            state = torch.load(Path(context.artifacts["ensemble"], f"member-{i}.pt"), weights_only=True)
-            model.load_state_dict(state)
-            model.eval()
-            self.models.append(model)
+            from trainables.models import build_model
+            from trainables.train import resolve_config
 
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        import torch
+            meta = json.loads(Path(context.artifacts["ensemble"], "ensemble.json").read_text())
+            self.offset, self.divisor = meta["scaling"]
+            self.models = []
+            for i, member in enumerate(meta["members"]):
+                model = build_model(resolve_config(member["config"]), input_dim=meta["input_dim"],
+                                    image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
+                                    num_classes=meta["num_classes"])
+                state = torch.load(Path(context.artifacts["ensemble"], f"member-{i}.pt"), weights_only=True)
+                model.load_state_dict(state)
+                model.eval()
+                self.models.append(model)
 
-        from trainables.models import predict_proba
+        def predict(self, context, model_input, params=None):
+            import torch
 
-        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
-        x = (x.reshape(len(x), -1) - self.offset) / self.divisor
-        tensor = torch.from_numpy(x.astype(np.float32))
-        return np.mean([predict_proba(m, tensor).numpy() for m in self.models], axis=0)
+            from trainables.models import predict_proba
+
+            x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+            x = (x.reshape(len(x), -1) - self.offset) / self.divisor
+            tensor = torch.from_numpy(x.astype(np.float32))
+            return np.mean([predict_proba(m, tensor).numpy() for m in self.models], axis=0)

@@ -218,7 +218,8 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
                        status="running")
     callback = TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
-                                parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode)
+                                parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
+                                max_t=_max_t(spec))
     started = _init_ray(spec, verbose=verbose)
     try:
         results = _tuner(spec, folder, callback, verbose=verbose).fit()
@@ -228,6 +229,11 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
 
             ray.shutdown()
     return _finish(spec, folder, results, callback)
+
+
+def _max_t(spec: JobSpec) -> int | None:
+    """The epoch at which ASHA stops every trial: reaching it is finishing, not being stopped."""
+    return (spec.scheduler.max_t or spec.trial.epochs) if spec.scheduler.name == "asha" else None
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
@@ -254,7 +260,7 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
 
     callback = TrackingCallback(folder=folder.tracking, tracking_uri=state["tracking_uri"],
                                 experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
-                                metric=spec.metric, mode=spec.mode)
+                                metric=spec.metric, mode=spec.mode, max_t=_max_t(spec))
     return _finish(spec, folder, results, callback)
 
 

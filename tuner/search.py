@@ -36,6 +36,8 @@ def make_searcher(spec: JobSpec) -> OptunaSearch:
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
     if spec.scheduler.name == "asha":
         return ASHAScheduler(
+            metric=spec.metric,
+            mode=spec.mode,
             time_attr="training_iteration",
             max_t=spec.scheduler.max_t or spec.trial.epochs,
             grace_period=spec.scheduler.grace_period,

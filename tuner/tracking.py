@@ -320,6 +320,7 @@ class TrackingCallback(Callback):
                              parent_run_id=parent_run_id)
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.best: float | None = None
+        self.stopped: set[str] = set()
 
     @property
     def tracker(self) -> Tracker:
@@ -334,13 +335,18 @@ class TrackingCallback(Callback):
                           params=_flat(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        # Tune marks a result done=True before callbacks see it only when a scheduler (or stopper)
+        # decided to stop the trial; a trainable that returns ends with a result callbacks never see.
+        # ASHA also "stops" a trial that reached max_t: that one finished.
+        if result.get("done") and (self.max_t is None or result.get("training_iteration", 0) < self.max_t):
+            self.stopped.add(trial.trial_id)
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
         self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
                           values=values)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
-        finished = bool(result.get("done"))
+        finished = trial.trial_id not in self.stopped
         tags = {"tuner.end": "finished" if finished else "stopped early by the scheduler"}
         self.tracker.emit("trial_end", trial=trial.trial_id, status="FINISHED" if finished else "KILLED", tags=tags)
         value = result.get(self.metric)
@@ -357,7 +363,7 @@ class TrackingCallback(Callback):
                           metrics={"diverged": 1} if diverged else {})
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "best": None}
+        return {**self.__dict__, "best": None, "stopped": set()}
 
 
 def _trial_error(trial) -> tuple[str, str]:

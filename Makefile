@@ -1,0 +1,27 @@
+# The two set-up commands: `make demo` runs the main job, `make test` runs the tests.
+# Each creates .venv on first use. torch is installed first, pinned to the CPU build on these
+# machines' disk: a looser range makes pip download a multi-GB CUDA build.
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## a 16-trial TPE job on digits, embedded Ray and MLflow (tuner_runs/)
+	$(VENV)/bin/tuner run examples/digits-mlp.yaml
+
+test: $(STAMP)  ## the whole suite (about 5 minutes on 2 cores)
+	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=600
+
+test-fast: $(STAMP)  ## without the tests that start Ray
+	$(PYTHON) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf tuner_runs .pytest_cache

@@ -1,0 +1,134 @@
+"""Real Ray runs: each algorithm, the 12-trial tracking acceptance, divergence, user trainables,
+export -> train, and the ensemble model loaded in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DATA, ROOT, small_spec
+from tuner.run import run_job
+from tuner.spec import spec_from_mapping
+from tuner.tracking import PARENT_TAG
+
+pytestmark = pytest.mark.slow
+USER_CODE = DATA / "user_trainables"
+
+
+def _children(uri: str, parent_run_id: str):
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return client, parent, runs
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "random"])
+def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm):
+    spec = small_spec(tmp_path, search={"algorithm": algorithm})
+    result = run_job(spec, output_root=tmp_path)
+    assert result.succeeded and result.statuses == {"trial-001": "FINISHED", "trial-002": "FINISHED"}
+    client, parent, children = _children(result.tracking_uri, result.parent_run_id)
+    assert sorted(r.info.run_name for r in children) == ["trial-001", "trial-002"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert parent.info.status == "FINISHED" and parent.data.params["algorithm"] == algorithm
+    history = client.get_metric_history(children[0].info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(result.best_value)
+
+
+def test_twelve_trials_some_fail_some_stopped_by_asha(ray_session, tmp_path):
+    """Issue 4's acceptance: 1 parent, 12 children with the right statuses, history, plots, CSV."""
+    spec = spec_from_mapping({
+        "name": "mixed", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "mode": "min", "search": {"algorithm": "random", "num_samples": 12, "max_concurrent": 2, "seed": 3,
+                                  "space": {"x": {"uniform": [0.0, 1.0]}}},
+        "scheduler": {"name": "asha", "grace_period": 1, "max_t": 6, "reduction_factor": 2},
+        "trial": {"epochs": 6}, "fixed": {"fail_above": 0.75, "epochs": 6}, "ensemble": {"top_k": 0}})
+    result = run_job(spec, output_root=tmp_path)
+    client, parent, children = _children(result.tracking_uri, result.parent_run_id)
+    assert len(children) == 12 == len(result.statuses)
+    by_name = {r.info.run_name: r for r in children}
+    for name, status in result.statuses.items():
+        assert by_name[name].info.status == status
+    statuses = sorted(result.statuses.values())
+    assert {"FAILED", "KILLED", "FINISHED"} <= set(statuses), statuses
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert all("out of range" in r.data.tags["error"] for r in failed)
+    assert all(a.path == "error.txt" for r in failed for a in client.list_artifacts(r.info.run_id))
+    killed = [r for r in children if r.info.status == "KILLED"]
+    assert all(r.data.tags["tuner.end"] == "stopped early by the scheduler" for r in killed)
+    finished = [r for r in children if r.info.status == "FINISHED"][0]
+    assert len(client.get_metric_history(finished.info.run_id, "score")) == 6
+    assert parent.data.metrics["trials_failed"] == statuses.count("FAILED")
+    assert "best_score" in parent.data.metrics and json.loads(parent.data.tags["best_config"])["x"] <= 0.75
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/trials.csv", "report/optimization_history.png", "report/parallel_coordinate.png",
+            "report/param_importances.png"} <= report
+
+
+def test_diverging_trial_fails_and_the_job_completes(ray_session, tmp_path):
+    spec = small_spec(tmp_path, search={"num_samples": 1, "space": {"lr": {"choice": [1.0e6]}}},
+                      fixed={"optimizer": "sgd", "width": 32})
+    result = run_job(spec, output_root=tmp_path)
+    assert result.statuses == {"trial-001": "FAILED"} and not result.succeeded
+    _, parent, (child,) = _children(result.tracking_uri, result.parent_run_id)
+    assert child.data.tags["tuner.end"] == "diverged" and child.data.metrics["diverged"] == 1
+    assert parent.info.status == "FAILED"
+
+
+def test_ensemble_model_and_export_train_reproduce(ray_session, tmp_path):
+    spec = small_spec(tmp_path, search={"num_samples": 3}, ensemble={"top_k": 2})
+    result = run_job(spec, output_root=tmp_path)
+    ensemble = result.ensemble
+    assert ensemble and len(ensemble["members"]) == 2 and ensemble["model_uri"].startswith("models:/")
+    _, parent, _ = _children(result.tracking_uri, result.parent_run_id)
+    assert parent.data.metrics["ensemble_test_acc"] == pytest.approx(ensemble["ensemble_test_acc"])
+    # The pyfunc model, loaded in a fresh process on raw digits, reproduces the logged test accuracy.
+    script = (
+        "import sys, mlflow, numpy as np\n"
+        "from sklearn.datasets import load_digits\n"
+        "from trainables.data import make_dataset\n"
+        "b = load_digits(); raw = b.data.astype('float32')\n"
+        "order = np.random.default_rng(0).permutation(len(raw)); test = order[:round(len(raw) * 0.15)]\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "probs = mlflow.pyfunc.load_model(sys.argv[2]).predict(raw[test])\n"
+        "assert np.allclose(probs.sum(1), 1, atol=1e-5)\n"
+        "print(repr(float((probs.argmax(1) == b.target[test]).mean())))\n")
+    out = subprocess.run([sys.executable, "-c", script, result.tracking_uri, ensemble["model_uri"]],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) == ensemble["ensemble_test_acc"]
+    # export -> train reproduces the best trial's validation metric exactly (CPU, same seed).
+    cli = [sys.executable, "-m", "tuner.cli"]
+    best = tmp_path / "best.yaml"
+    export = subprocess.run([*cli, "export", "t", "-o", str(best), "--tracking-uri", result.tracking_uri],
+                            capture_output=True, text=True, timeout=120)
+    assert export.returncode == 0, export.stderr
+    again = subprocess.run([*cli, "export", "t", "-o", str(best), "--tracking-uri", result.tracking_uri],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--force" in again.stderr
+    train = subprocess.run([*cli, "train", str(best)], capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert train.stdout.strip().splitlines()[-1] == f"best val_loss={result.best_value!r}"
+
+
+def test_user_trainable_outside_the_project_via_the_cli(tmp_path):
+    """`tuner run` with a user's module next to the spec: shipped to Ray's workers, run unchanged."""
+    (tmp_path / "my_model.py").write_text((USER_CODE / "toy_trainable.py").read_text())
+    (tmp_path / "job.yaml").write_text(
+        "name: user-job\ntrainable: my_model:train\nmetric: score\nmode: min\n"
+        "search: {algorithm: tpe, num_samples: 2, space: {x: {uniform: [0, 1]}}}\n"
+        "fixed: {epochs: 3}\nensemble: {top_k: 0}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "user-job: 2 trials: 2 finished" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # a pipe gets no escape codes
+    assert "best trial: trial-00" in proc.stdout
