@@ -1,0 +1,76 @@
+"""The journal and its delivery: nothing lost while the server is away, nothing duplicated on replay."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tuner.tracking import PARENT_TAG, Journal, Tracker, start_parent_run, sync
+
+
+def _dead_server() -> str:
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _emit_two_trials(tracker: Tracker) -> None:
+    for n, trial in enumerate(["a_1", "b_2"], start=1):
+        tracker.emit("trial_start", trial=trial, name=f"trial-00{n}", params={"lr": 0.1 * n, "clip": None})
+        for step in (1, 2, 3):
+            tracker.emit("metrics", trial=trial, step=step, values={"val_loss": 1.0 / step + n})
+    tracker.emit("trial_end", trial="a_1", status="FINISHED", tags={"tuner.end": "finished"})
+    tracker.emit("trial_end", trial="b_2", status="FAILED", tags={"tuner.end": "failed", "error": "boom"},
+                 traceback="Traceback ...\nValueError: boom")
+    tracker.emit("parent", metrics={"best_val_loss": 1.333}, tags={"best_trial": "trial-001"})
+
+
+def test_events_kept_while_server_is_dead_then_synced_once(tmp_path: Path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent = start_parent_run(tracking_uri=store, experiment="e", job_name="j", params={"a": 1},
+                                             spec_yaml="name: j\n", tags={})
+    folder = tmp_path / "tracking"
+    tracker = Tracker(folder, tracking_uri=_dead_server(), experiment_id=experiment_id, parent_run_id=parent)
+    _emit_two_trials(tracker)
+    left = tracker.close(timeout_s=1)
+    assert left == 11 and tracker.last_error  # nothing reached the dead server, all kept on disk
+
+    delivered, left = sync(folder, tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent)
+    assert (delivered, left) == (11, 0)
+    client = MlflowClient(store)
+    children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert sorted((r.info.run_name, r.info.status) for r in children) == [("trial-001", "FINISHED"),
+                                                                          ("trial-002", "FAILED")]
+    failed = next(r for r in children if r.info.run_name == "trial-002")
+    assert failed.data.tags["error"] == "boom" and failed.data.params == {"lr": "0.2", "clip": "null"}
+    assert [m.step for m in client.get_metric_history(failed.info.run_id, "val_loss")] == [1, 2, 3]
+    assert client.get_run(parent).data.metrics["best_val_loss"] == 1.333
+
+    # A second sync has nothing to do; a full replay (as after a crash before `delivered` was
+    # written) finds the runs by their trial tag instead of creating new ones.
+    assert sync(folder, tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent) == (0, 0)
+    (folder / "delivered").write_text("0")
+    assert sync(folder, tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent) == (11, 0)
+    again = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert len(again) == 2
+
+
+def test_live_tracker_delivers_in_order(tmp_path: Path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent = start_parent_run(tracking_uri=store, experiment="e", job_name="j", params={},
+                                             spec_yaml="name: j\n", tags={})
+    tracker = Tracker(tmp_path / "tracking", tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent)
+    _emit_two_trials(tracker)
+    assert tracker.close(timeout_s=30) == 0
+    assert Journal(tmp_path / "tracking").delivered == 11
+
+
+def test_journal_ignores_a_line_cut_short_by_a_crash(tmp_path: Path):
+    journal = Journal(tmp_path)
+    journal.append({"op": "metrics", "trial": "a", "step": 1, "time": 0, "values": {"x": 1}})
+    journal.close()
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write('{"op": "metr')
+    assert len(Journal(tmp_path).events) == 1
