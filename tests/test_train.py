@@ -88,3 +88,27 @@ def test_overfit_check_fails_with_lr_zero(digits):
     make = model_factory({"model": "mlp"}, digits)
     assert not check_overfit_batch(make, digits, {"lr": 0.0}).passed
     assert check_overfit_batch(make, digits, {"lr": 0.01}).passed
+
+
+def test_amp_on_cpu_warns_once_and_trains(digits, recwarn):
+    import trainables.train as train
+
+    train._amp_warned = False
+    _history({"epochs": 1, "width": 16, "amp": True}, digits)
+    _history({"epochs": 1, "width": 16, "amp": True}, digits)
+    messages = [str(w.message) for w in recwarn if "amp: true needs CUDA" in str(w.message)]
+    assert len(messages) == 1
+
+
+def test_tuner_check_exit_codes():
+    from typer.testing import CliRunner
+
+    from tests.conftest import EXAMPLES
+    from tuner.cli import app
+
+    ok = CliRunner().invoke(app, ["check", str(EXAMPLES / "digits-mlp.yaml")])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.count("pass") == 3
+    broken = CliRunner().invoke(app, ["check", str(EXAMPLES / "digits-mlp.yaml"),
+                                      "--set", "search.space={dropout: {uniform: [0, 0.3]}}", "--set", "fixed.lr=0.0"])
+    assert broken.exit_code == 1 and "FAIL" in broken.output

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # Tune snapshot its experiment state often and warn about it on every snapshot; the snapshots are what
 # `tuner resume` restores from, so keep them and silence the warning.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Snapshot the experiment state at every step of Tune's loop (the default waits up to minutes): a
+# driver killed between snapshots makes `Tuner.restore` re-run trials that had already finished.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 
 DEFAULT_OUTPUT_ROOT = Path("tuner_runs")
 EMBEDDED_STORE = "mlflow.db"
@@ -276,19 +279,25 @@ def _spec_params(spec: JobSpec) -> dict[str, Any]:
     return params
 
 
-def _trial_statuses(folder: RunFolder) -> dict[str, str]:
-    from tuner.tracking import Journal
+def _trial_statuses(tracker) -> dict[str, str]:
+    """Each trial's final status, from the journal (the record that survives driver crashes).
 
-    journal = Journal(folder.tracking)
-    journal.close()
-    statuses = {}
-    for event in journal.events:
+    A trial that started but that Ray no longer knows (its driver died before Tune saved it) is
+    closed as KILLED with the reason, so every trial that ever ran is accounted for.
+    """
+    names, statuses = {}, {}
+    for event in tracker.journal.events:
         if event["op"] == "trial_start":
-            statuses[event["name"]] = "RUNNING"
+            names[event["trial"]] = event["name"]
+            statuses[event["trial"]] = "RUNNING"
         elif event["op"] == "trial_end":
-            statuses[next(e["name"] for e in journal.events if e.get("trial") == event["trial"]
-                          and e["op"] == "trial_start")] = event["status"]
-    return statuses
+            statuses[event["trial"]] = event["status"]
+    for trial, status in list(statuses.items()):
+        if status == "RUNNING":
+            tracker.emit("trial_end", trial=trial, status="KILLED",
+                         tags={"tuner.end": "lost: the driver stopped before Ray saved this trial"})
+            statuses[trial] = "KILLED"
+    return {names[trial]: status for trial, status in statuses.items()}
 
 
 def _finish(spec: JobSpec, folder: RunFolder, results, callback) -> JobResult:
@@ -297,7 +306,7 @@ def _finish(spec: JobSpec, folder: RunFolder, results, callback) -> JobResult:
 
     tracker = callback.tracker
     ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
-    statuses = _trial_statuses(folder)
+    statuses = _trial_statuses(tracker)
     result = JobResult(run_folder=folder.path, tracking_uri=callback.settings["tracking_uri"],
                        parent_run_id=callback.settings["parent_run_id"], statuses=statuses, top=ranked[:5])
     if ranked:

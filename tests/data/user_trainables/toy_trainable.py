@@ -1,5 +1,7 @@
 """A user's own Ray Tune function trainable, written as in Ray Tune's docs (not part of the project)."""
 
+import time
+
 from ray import tune
 
 
@@ -8,4 +10,5 @@ def train(config):
     if x > config.get("fail_above", 2.0):
         raise ValueError(f"x={x:.3f} is out of range for this model")
     for epoch in range(config.get("epochs", 6)):
+        time.sleep(config.get("sleep", 0.0))
         tune.report({"score": (x - 0.3) ** 2 + 1.0 / (epoch + 1), "epoch": epoch + 1})

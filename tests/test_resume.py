@@ -1,0 +1,76 @@
+"""Crash and resume: kill -9 the driver mid-job; `tuner resume` finishes it under the same parent run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DATA
+from tuner.tracking import PARENT_TAG
+
+pytestmark = pytest.mark.slow
+NUM_SAMPLES = 6
+
+
+def _ended(events_file: Path) -> int:
+    if not events_file.exists():
+        return 0
+    return sum(1 for line in events_file.read_text().splitlines() if '"op": "trial_end"' in line)
+
+
+def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path):
+    (tmp_path / "job.yaml").write_text(
+        f"name: crashy\ntrainable: toy_trainable:train\ncode_dir: {DATA / 'user_trainables'}\n"
+        "metric: score\nmode: min\n"
+        f"search: {{algorithm: tpe, num_samples: {NUM_SAMPLES}, max_concurrent: 2, space: {{x: {{uniform: [0, 1]}}}}}}\n"
+        "fixed: {epochs: 4, sleep: 0.5}\nensemble: {top_k: 0}\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cli = [sys.executable, "-m", "tuner.cli"]
+    driver = subprocess.Popen([*cli, "run", "job.yaml"], cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        events = None
+        while time.monotonic() < deadline:
+            found = list((tmp_path / "tuner_runs" / "crashy").glob("*/tracking/events.jsonl"))
+            events = found[0] if found else None
+            if events and _ended(events) >= 2:
+                break
+            time.sleep(0.5)
+        assert events is not None and _ended(events) >= 2, "the job did not get going"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, as a crash would
+        driver.wait()
+    ended_before = _ended(events)
+    assert ended_before < NUM_SAMPLES
+    folder = events.parent.parent
+
+    resumed = subprocess.run([*cli, "resume", str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=240, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"crashy: {NUM_SAMPLES} trials: {NUM_SAMPLES} finished" in resumed.stdout
+
+    state = json.loads((folder / "job.json").read_text())
+    client = MlflowClient(state["tracking_uri"])
+    parents = client.search_runs([state["experiment_id"]], filter_string="tags.`tuner.job` = 'crashy'")
+    assert [p.info.run_id for p in parents] == [state["parent_run_id"]]  # the same parent, not a new one
+    children = client.search_runs([state["experiment_id"]],
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")
+    names = sorted(r.info.run_name for r in children)
+    assert names == [f"trial-{i:03d}" for i in range(1, NUM_SAMPLES + 1)]  # none missing, none duplicated
+    assert all(r.info.status == "FINISHED" for r in children)
+    # Trials that had finished before the crash were not run again.
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    ends = {}
+    for event in lines:
+        if event["op"] == "trial_end":
+            ends[event["trial"]] = ends.get(event["trial"], 0) + 1
+    assert all(count == 1 for count in ends.values()) and len(ends) == NUM_SAMPLES
