@@ -60,7 +60,6 @@ def _quiet(verbose: bool) -> None:
     if not verbose:
         for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.getLogger("tuner").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -166,8 +165,9 @@ def _print_result(result: Any, job: Any) -> None:
         out.print("best config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in searched.items()))
     if result.ensemble:
         e = result.ensemble
+        where = e["model_uri"] or f"{e.get('model_dir')} (not logged to MLflow)"
         out.print(f"ensemble of {len(e['members'])}: test acc {e['ensemble_test_acc']:.4f} "
-                  f"(best single {e['best_single_test_acc']:.4f}); model {e['model_uri']}")
+                  f"(best single {e['best_single_test_acc']:.4f}); model {where}")
     out.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {result.tracking_uri}")
     if result.undelivered:

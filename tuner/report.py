@@ -68,8 +68,6 @@ def rebuild_study(spec: JobSpec, rows: list[dict[str, Any]]):
         value = row[f"best_{spec.metric}"]
         ok = row["status"] != "FAILED" and value is not None and math.isfinite(value)
         params = {k: row[k] for k in distributions if k in row}
-        if not all(distributions[k]._contains(distributions[k].to_internal_repr(v)) for k, v in params.items()):
-            continue  # a trial from an older space: not comparable
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params},
             value=value if ok else None,

@@ -22,7 +22,6 @@ import logging
 import os
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -377,7 +376,7 @@ def _trial_error(trial) -> tuple[str, str]:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     cause = next((line for line in reversed(lines) if ("Error" in line or "Exception" in line or "Diverged" in line)
                   and not line.startswith("File ")), lines[-1] if lines else "unknown error")
-    return cause[:500], text or "".join(traceback.format_stack(limit=1))
+    return cause[:500], text
 
 
 def _is_number(value: Any) -> bool:
