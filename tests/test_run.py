@@ -30,8 +30,11 @@ def _children(uri: str, parent_run_id: str):
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random"])
 def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm):
+    from tuner.cli import _run_checks
+
     spec = small_spec(tmp_path, search={"algorithm": algorithm})
-    result = run_job(spec, output_root=tmp_path)
+    checks = _run_checks(spec)
+    result = run_job(spec, output_root=tmp_path, checks=checks)
     assert result.succeeded and result.statuses == {"trial-001": "FINISHED", "trial-002": "FINISHED"}
     client, parent, children = _children(result.tracking_uri, result.parent_run_id)
     assert sorted(r.info.run_name for r in children) == ["trial-001", "trial-002"]
@@ -40,6 +43,8 @@ def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm):
     history = client.get_metric_history(children[0].info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
     assert parent.data.metrics["best_val_loss"] == pytest.approx(result.best_value)
+    assert parent.data.tags["check.overfits one batch"].startswith("pass")  # the sanity checks' results
+    assert len([k for k in parent.data.tags if k.startswith("check.")]) == 3
 
 
 def test_twelve_trials_some_fail_some_stopped_by_asha(ray_session, tmp_path):
