@@ -184,9 +184,9 @@ TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow store; defaul
 
 
 def _store(tracking_uri: str | None, output_dir: Path) -> str:
-    from tuner.run import EMBEDDED_STORE
+    from tuner.run import embedded_store
 
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(output_dir / EMBEDDED_STORE).resolve()}"
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(output_dir)
 
 
 @app.command()

@@ -90,11 +90,16 @@ class JobResult:
         return any(status in ("FINISHED", "KILLED") for status in self.statuses.values())
 
 
+def embedded_store(output_root: Path) -> str:
+    """The default MLflow store: a SQLite file in the output folder."""
+    return f"sqlite:///{(output_root / EMBEDDED_STORE).resolve()}"
+
+
 def tracking_uri_for(spec: JobSpec, output_root: Path) -> str:
-    """The spec's store, else $MLFLOW_TRACKING_URI, else a SQLite file in the output folder."""
+    """The spec's store, else $MLFLOW_TRACKING_URI, else the embedded store."""
     uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
-        return f"sqlite:///{(output_root / EMBEDDED_STORE).resolve()}"
+        return embedded_store(output_root)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
         return f"sqlite:///{(output_root / uri[len('sqlite:///'):]).resolve()}"
     return uri
