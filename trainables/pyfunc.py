@@ -10,9 +10,8 @@ installed; `tuner.ensemble` builds and logs it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np

@@ -37,8 +37,12 @@ def _scores(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     return acc, loss
 
 
-def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker) -> dict[str, Any] | None:
-    """Score the top-k ensemble, log it on the parent run; None (with the reason logged) when impossible."""
+def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker,
+                   dataset=None) -> dict[str, Any] | None:
+    """Score the top-k ensemble, log it on the parent run; None (with the reason logged) when impossible.
+
+    ``dataset``: the built-in trainables' data set the job trained on (its test labels score members).
+    """
     members = [r for r in ranked if r["checkpoint"] and (Path(r["checkpoint"]) / "test_probs.npy").exists()]
     members = members[: spec.ensemble.top_k]
     if not members:
@@ -46,10 +50,7 @@ def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, track
         log.warning("no ensemble: %s", reason)
         tracker.emit("parent", tags={"ensemble": f"none: {reason}"})
         return None
-    if spec.is_builtin:
-        from trainables.data import load_dataset
-
-        dataset = load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+    if dataset is not None:
         labels = dataset.y_test
     else:
         label_file = Path(members[0]["checkpoint"]) / "test_labels.npy"
@@ -58,7 +59,7 @@ def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, track
             tracker.emit("parent", tags={"ensemble": f"none: {reason}"})
             log.warning("no ensemble: %s", reason)
             return None
-        dataset, labels = None, np.load(label_file)
+        labels = np.load(label_file)
     test_probs = [np.load(Path(m["checkpoint"]) / "test_probs.npy") for m in members]
     ensemble_acc, ensemble_loss = _scores(np.mean(test_probs, axis=0), labels)
     single_acc, single_loss = _scores(test_probs[0], labels)

@@ -128,6 +128,8 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
     """Start (or join) Ray; return True when this call started it."""
     import ray
 
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's classic reporter prints nothing at verbose=0
     if ray.is_initialized():
         return False
     env: dict[str, Any] = {}
@@ -141,15 +143,22 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
     return True
 
 
-def _trainable(spec: JobSpec) -> Callable:
+def _load_data(spec: JobSpec):
+    """The built-in trainables' data set, loaded once in the driver; None for user trainables."""
+    if not spec.is_builtin:
+        return None
+    from trainables.data import load_dataset
+
+    return load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+
+
+def _trainable(spec: JobSpec, dataset) -> Callable:
     from ray import tune
 
     if spec.is_builtin:
-        from trainables.data import load_dataset
         from trainables.train import builtin_trainable
 
-        # Loaded once in the driver; trials read it from Ray's object store.
-        dataset = load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+        # Trials read the data set from Ray's object store.
         function = tune.with_parameters(builtin_trainable, dataset=dataset)
     else:
         module_name, _, name = spec.trainable.partition(":")
@@ -162,17 +171,14 @@ def _trainable(spec: JobSpec) -> Callable:
     return tune.with_resources(function, resources)
 
 
-def _tuner(spec: JobSpec, folder: RunFolder, callback, *, verbose: bool):
+def _tuner(spec: JobSpec, folder: RunFolder, callback, dataset, *, verbose: bool):
     from ray import tune
-
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's classic reporter prints nothing at verbose=0
 
     from tuner.search import make_scheduler, make_searcher
     from tuner.tracking import trial_name
 
     return tune.Tuner(
-        _trainable(spec),
+        _trainable(spec, dataset),
         param_space=spec.trial_config(),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
@@ -211,6 +217,7 @@ def new_run_folder(spec: JobSpec, output_root: Path) -> RunFolder:
 def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
             verbose: bool = False) -> JobResult:
     """Run a validated job to its end. ``checks``: sanity-check results to log on the parent run."""
+    from tuner.search import asha_max_t
     from tuner.tracking import TrackingCallback, start_parent_run
 
     output_root.mkdir(parents=True, exist_ok=True)
@@ -227,49 +234,45 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
                        status="running")
     callback = TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
                                 parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
-                                max_t=_max_t(spec))
+                                max_t=asha_max_t(spec))
+    dataset = _load_data(spec)
     started = _init_ray(spec, verbose=verbose)
     try:
-        results = _tuner(spec, folder, callback, verbose=verbose).fit()
+        results = _tuner(spec, folder, callback, dataset, verbose=verbose).fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return _finish(spec, folder, results, callback)
-
-
-def _max_t(spec: JobSpec) -> int | None:
-    """The epoch at which ASHA stops every trial: reaching it is finishing, not being stopped."""
-    return (spec.scheduler.max_t or spec.trial.epochs) if spec.scheduler.name == "asha" else None
+    return _finish(spec, folder, results, callback.tracker, dataset)
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
     """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run."""
     from ray import tune
 
+    from tuner.tracking import Tracker
+
     if not (folder.ray / "tuner.pkl").exists():
         raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
+
     spec = load_spec(folder.spec)
     state = folder.read_state()
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    dataset = _load_data(spec)
     started = _init_ray(spec, verbose=verbose)
     try:
-        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec), resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+        # The TrackingCallback comes back with the experiment (Tune pickled it) and reopens the journal.
+        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, dataset),
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
         results = tuner.fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    from tuner.tracking import TrackingCallback
-
-    callback = TrackingCallback(folder=folder.tracking, tracking_uri=state["tracking_uri"],
-                                experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
-                                metric=spec.metric, mode=spec.mode, max_t=_max_t(spec))
-    return _finish(spec, folder, results, callback)
+    tracker = Tracker.for_run(folder.tracking, tracking_uri=state["tracking_uri"],
+                              experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+    return _finish(spec, folder, results, tracker, dataset)
 
 
 def _spec_params(spec: JobSpec) -> dict[str, Any]:
@@ -284,12 +287,15 @@ def _spec_params(spec: JobSpec) -> dict[str, Any]:
     return params
 
 
-def _trial_statuses(tracker) -> dict[str, str]:
+def _trial_statuses(tracker, results) -> dict[str, str]:
     """Each trial's final status, from the journal (the record that survives driver crashes).
 
-    A trial that started but that Ray no longer knows (its driver died before Tune saved it) is
-    closed as KILLED with the reason, so every trial that ever ran is accounted for.
+    A trial the journal saw start but not end (the driver died after Tune saved the trial's end,
+    before the journal got it) is closed from Ray's own results; one that Ray does not know at all
+    (the driver died before Tune saved it) is closed as KILLED with the reason. Every trial that
+    ever ran is accounted for.
     """
+    ray_errors = {r.metrics["trial_id"]: r.error for r in results if r.metrics and "trial_id" in r.metrics}
     names, statuses = {}, {}
     for event in tracker.journal.events:
         if event["op"] == "trial_start":
@@ -298,29 +304,34 @@ def _trial_statuses(tracker) -> dict[str, str]:
         elif event["op"] == "trial_end":
             statuses[event["trial"]] = event["status"]
     for trial, status in list(statuses.items()):
-        if status == "RUNNING":
-            tracker.emit("trial_end", trial=trial, status="KILLED",
-                         tags={"tuner.end": "lost: the driver stopped before Ray saved this trial"})
-            statuses[trial] = "KILLED"
+        if status != "RUNNING":
+            continue
+        if trial not in ray_errors:
+            status, tags = "KILLED", {"tuner.end": "lost: the driver stopped before Ray saved this trial"}
+        elif ray_errors[trial] is not None:
+            status, tags = "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]}
+        else:
+            status, tags = "FINISHED", {"tuner.end": "finished (recorded from Ray's results after a restart)"}
+        tracker.emit("trial_end", trial=trial, status=status, tags=tags)
+        statuses[trial] = status
     return {names[trial]: status for trial, status in statuses.items()}
 
 
-def _finish(spec: JobSpec, folder: RunFolder, results, callback) -> JobResult:
+def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset) -> JobResult:
     """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
     from tuner.report import rank_trials, write_report
 
-    tracker = callback.tracker
     ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
-    statuses = _trial_statuses(tracker)
-    result = JobResult(run_folder=folder.path, tracking_uri=callback.settings["tracking_uri"],
-                       parent_run_id=callback.settings["parent_run_id"], statuses=statuses, top=ranked[:5])
+    statuses = _trial_statuses(tracker, results)
+    result = JobResult(run_folder=folder.path, tracking_uri=tracker.tracking_uri,
+                       parent_run_id=tracker.delivery.parent_run_id, statuses=statuses, top=ranked[:5])
     if ranked:
         best = ranked[0]
         result.best_trial, result.best_value, result.best_config = best["trial"], best["value"], best["config"]
     if ranked and spec.ensemble.top_k > 0:
         from tuner.ensemble import build_ensemble
 
-        result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker)
+        result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker, dataset=dataset)
     for path in write_report(spec, results, ranked, statuses, folder.report):
         tracker.emit("artifact", path=str(path), artifact_path="report")
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
@@ -345,7 +356,6 @@ def train_once(spec: JobSpec, *, report) -> None:
     import torch
 
     from search_spaces import midpoint
-    from trainables.data import load_dataset
     from trainables.knobs import DEFAULTS
     from trainables.train import fit
 
@@ -354,4 +364,4 @@ def train_once(spec: JobSpec, *, report) -> None:
                         f"with tuner run (num_samples: 1)")
     config = {**spec.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in spec.space.items()}}
     torch.set_num_threads(max(1, int(spec.trial.resources.cpu)))
-    fit(config, load_dataset(spec.data.model_dump()), report=report)  # type: ignore[union-attr]
+    fit(config, _load_data(spec), report=report)

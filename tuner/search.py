@@ -33,13 +33,18 @@ def make_searcher(spec: JobSpec) -> OptunaSearch:
     )
 
 
+def asha_max_t(spec: JobSpec) -> int | None:
+    """The epoch at which ASHA stops every trial (reaching it is finishing); None without ASHA."""
+    return (spec.scheduler.max_t or spec.trial.epochs) if spec.scheduler.name == "asha" else None
+
+
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
     if spec.scheduler.name == "asha":
         return ASHAScheduler(
             metric=spec.metric,
             mode=spec.mode,
             time_attr="training_iteration",
-            max_t=spec.scheduler.max_t or spec.trial.epochs,
+            max_t=asha_max_t(spec),
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )

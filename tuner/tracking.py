@@ -320,6 +320,7 @@ class TrackingCallback(Callback):
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.best: float | None = None
         self.stopped: set[str] = set()
+        self.ending: list[tuple[str, dict[str, Any]]] = []
 
     @property
     def tracker(self) -> Tracker:
@@ -343,26 +344,39 @@ class TrackingCallback(Callback):
         self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
                           values=values)
 
+    # A trial's end is journaled at the end of Tune's step, after Tune has saved its experiment state
+    # (it does so inside the step, after callbacks ran). Journaled earlier, a driver killed in between
+    # would leave the journal saying "finished" while `Tuner.restore` runs the trial again.
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
         finished = trial.trial_id not in self.stopped
         tags = {"tuner.end": "finished" if finished else "stopped early by the scheduler"}
-        self.tracker.emit("trial_end", trial=trial.trial_id, status="FINISHED" if finished else "KILLED", tags=tags)
+        self.ending.append(("trial_end", dict(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
+                                              tags=tags)))
         value = result.get(self.metric)
         if _is_number(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
             self.best = value
-            self.tracker.emit("parent", metrics={f"best_{self.metric}": value}, tags={
-                "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})
+            self.ending.append(("parent", dict(metrics={f"best_{self.metric}": value}, tags={
+                "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         message, trace = _trial_error(trial)
         diverged = "Diverged" in message
-        self.tracker.emit("trial_end", trial=trial.trial_id, status="FAILED", traceback=trace,
-                          tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                          metrics={"diverged": 1} if diverged else {})
+        self.ending.append(("trial_end", dict(trial=trial.trial_id, status="FAILED", traceback=trace,
+                                              tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
+                                              metrics={"diverged": 1} if diverged else {})))
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        for op, fields in self.ending:
+            self.tracker.emit(op, **fields)
+        self.ending.clear()
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(iteration=-1, trials=trials)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "best": None, "stopped": set()}
+        return {**self.__dict__, "best": None, "stopped": set(), "ending": []}
 
 
 def _trial_error(trial) -> tuple[str, str]:
