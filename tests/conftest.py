@@ -25,6 +25,18 @@ def ray_session():
     ray.shutdown()
 
 
+def children(uri: str, parent_run_id: str):
+    """(client, parent run, child runs) of a job's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.tracking import PARENT_TAG
+
+    client = MlflowClient(uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+    return client, parent, runs
+
+
 def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
     """A fast built-in job on digits, with sections overridden."""
     from tuner.spec import spec_from_mapping

@@ -6,14 +6,19 @@ loopback port and is stopped by that group.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -49,35 +54,58 @@ def postgres_db():
     admin.close()
 
 
-@pytest.fixture
-def mlflow_server(postgres_db, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", postgres_db, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
+class MlflowServer:
+    """`mlflow server` on PostgreSQL, in its own process group on a fixed loopback port; restartable."""
+
+    def __init__(self, backend: str, artifacts: Path) -> None:
+        self.command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                        "--host", "127.0.0.1", "--port", str(_free_port()), "--workers", "1",
+                        "--artifacts-destination", str(artifacts)]
+        self.url = f"http://127.0.0.1:{self.command[self.command.index('--port') + 1]}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
-                        break
+                        return
             except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
+                if time.monotonic() > deadline or self.process.poll() is not None:
                     raise RuntimeError("mlflow server did not come up") from None
                 time.sleep(0.5)
-        yield url
-    finally:
-        try:  # the server and its workers, by its own process group
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
+
+    def stop(self) -> None:
+        """Stop the server and its workers by its own process group."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
         except ProcessLookupError:
             pass  # the group is already gone: the server exited by itself
+        self.process = None
+
+
+@pytest.fixture
+def server(postgres_db, tmp_path):
+    server = MlflowServer(postgres_db, tmp_path / "artifacts")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.url
 
 
 def test_job_against_mlflow_server_on_postgresql(ray_session, mlflow_server, tmp_path):
@@ -100,3 +128,113 @@ def test_job_against_mlflow_server_on_postgresql(ray_session, mlflow_server, tmp
     assert [m.step for m in client.get_metric_history(done.info.run_id, "score")] == [1, 2, 3]
     assert "best_score" in parent.data.metrics
     assert "report/trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+
+
+def _outage_spec(url: str, *, num_samples: int, flush_timeout_s: float = 30):
+    return spec_from_mapping({
+        "name": "outage", "trainable": "toy_trainable:train", "code_dir": str(DATA / "user_trainables"),
+        "metric": "score", "mode": "min",
+        "search": {"algorithm": "random", "num_samples": num_samples, "seed": 2,
+                   "space": {"x": {"uniform": [0.0, 1.0]}}},
+        "fixed": {"epochs": 6, "sleep": 0.6, "fail_above": 0.8}, "ensemble": {"top_k": 0},
+        "mlflow": {"tracking_uri": url, "flush_timeout_s": flush_timeout_s}})
+
+
+def _stop_after_first_delivery(server: MlflowServer, output_root: Path, *, restart_after_s: float | None) -> dict:
+    """In a thread: stop the server once the job delivered something; maybe start it again later."""
+    seen: dict = {}
+
+    def outage() -> None:
+        deadline = time.monotonic() + 120
+        while not list(output_root.glob("outage/*/tracking/delivered")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.stop()
+        seen["stopped"] = time.monotonic()
+        seen["journal"] = next(output_root.glob("outage/*/tracking/events.jsonl"))
+        seen["events_at_stop"] = len(seen["journal"].read_text().splitlines())
+        if restart_after_s is not None:
+            time.sleep(restart_after_s)
+            seen["events_at_restart"] = len(seen["journal"].read_text().splitlines())
+            server.start()
+            seen["restarted"] = time.monotonic()
+
+    seen["thread"] = threading.Thread(target=outage, daemon=True)
+    seen["thread"].start()
+    return seen
+
+
+def _assert_all_delivered(url: str, result, *, trials: int, epochs: int) -> None:
+    client = MlflowClient(url)
+    parent = client.get_run(result.parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    assert len(runs) == trials == len(result.statuses)
+    assert {r.info.run_name: r.info.status for r in runs} == result.statuses
+    for run in runs:
+        assert "x" in run.data.params
+        if run.info.status == "FINISHED":
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "score")] == list(range(1, epochs + 1))
+    assert parent.info.status == "FINISHED" and "best_score" in parent.data.metrics
+
+
+def test_server_stopped_mid_job_and_back_20s_later_loses_nothing(ray_session, server, tmp_path):
+    """Issue 6.3: stop `mlflow server` mid-job, start it 20 s later: the job goes on, nothing is lost."""
+    spec = _outage_spec(server.url, num_samples=10)
+    seen = _stop_after_first_delivery(server, tmp_path, restart_after_s=20)
+    started = time.monotonic()
+    result = run_job(spec, output_root=tmp_path)
+    seen["thread"].join(timeout=120)
+    assert seen["stopped"] - started < 15 and "restarted" in seen, seen
+    assert seen["events_at_restart"] > seen["events_at_stop"], "no event was journaled during the outage"
+    assert result.succeeded and result.undelivered == 0
+    _assert_all_delivered(server.url, result, trials=10, epochs=6)
+
+
+def test_server_that_never_returns_leaves_events_for_tuner_sync(ray_session, server, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuner.cli import _print_result, app
+
+    spec = _outage_spec(server.url, num_samples=4, flush_timeout_s=2)
+    seen = _stop_after_first_delivery(server, tmp_path, restart_after_s=None)
+    result = run_job(spec, output_root=tmp_path)
+    seen["thread"].join(timeout=120)
+    assert result.succeeded and result.undelivered > 0
+    folder = result.run_folder
+    assert json.loads((folder / "job.json").read_text())["undelivered"] == result.undelivered
+
+    console = io.StringIO()
+    with contextlib.redirect_stderr(console):
+        _print_result(result, spec)
+    lines = [line for line in console.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{result.undelivered} tracking events were not delivered" in lines[0]
+    assert f"tuner sync {folder}" in lines[0]
+
+    server.start()
+    synced = CliRunner().invoke(app, ["sync", str(folder)])
+    assert synced.exit_code == 0, synced.output
+    assert f"; 0 left" in synced.output
+    _assert_all_delivered(server.url, result, trials=4, epochs=6)
+
+
+def test_credentials_from_the_environment_are_never_logged(ray_session, mlflow_server, tmp_path, monkeypatch):
+    secrets = {"MLFLOW_TRACKING_USERNAME": "user-8c1f2e", "MLFLOW_TRACKING_PASSWORD": "pw-5d7a9b31",
+               "MLFLOW_TRACKING_TOKEN": "tok-0e4c6f77"}
+    for key, value in secrets.items():
+        monkeypatch.setenv(key, value)
+    spec = _outage_spec(mlflow_server, num_samples=2)
+    result = run_job(spec, output_root=tmp_path)
+    assert result.undelivered == 0
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(result.parent_run_id)
+    runs = [parent, *client.search_runs([parent.info.experiment_id],
+                                        filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")]
+    assert len(runs) == 3
+    logged = []
+    for run in runs:
+        logged += [*run.data.params.items(), *run.data.tags.items()]
+    logged.append(client.download_artifacts(parent.info.run_id, "spec.yaml", str(tmp_path / "dl")))
+    text = "\n".join(f"{k}={v}" for k, v in logged[:-1]) + Path(logged[-1]).read_text()
+    text += "".join(p.read_text() for p in (tmp_path / "outage").rglob("*.jsonl"))
+    assert "x=" in text  # the scan saw the trials' params
+    for key, value in secrets.items():
+        assert value not in text and key not in text

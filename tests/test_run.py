@@ -10,22 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tests.conftest import DATA, ROOT, small_spec
+from tests.conftest import children as _children
 from tuner.run import run_job
 from tuner.spec import spec_from_mapping
-from tuner.tracking import PARENT_TAG
 
 pytestmark = pytest.mark.slow
 USER_CODE = DATA / "user_trainables"
-
-
-def _children(uri: str, parent_run_id: str):
-    client = MlflowClient(uri)
-    parent = client.get_run(parent_run_id)
-    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
-    return client, parent, runs
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random"])

@@ -32,7 +32,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
 # Wide enough for the summary table when the output is a pipe or a file (rich assumes 80 columns there).
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line messages stay one line in a pipe
 
 SetOption = typer.Option([], "--set", help="Override a spec value: key.path=value (YAML value). Repeatable.")
 OutputOption = typer.Option(Path("tuner_runs"), "--output-dir", help="Where jobs write their files.")

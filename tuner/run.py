@@ -340,7 +340,7 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset) -> JobR
         tags.update(best_trial=result.best_trial, best_config=json.dumps(result.best_config, default=str))
     tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
     tracker.emit("parent_end", status="FINISHED" if result.succeeded else "FAILED")
-    result.undelivered = tracker.close()
+    result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
     folder.write_state(status="finished" if result.succeeded else "failed", best_trial=result.best_trial,
                        undelivered=result.undelivered)
     return result

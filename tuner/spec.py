@@ -98,6 +98,9 @@ class EnsembleSpec(_Section):
 class MlflowSpec(_Section):
     tracking_uri: str | None = None  # null: $MLFLOW_TRACKING_URI, else sqlite in the output directory
     experiment: str | None = None  # default: the job name
+    # At the end of a job, how long to keep retrying a tracking server that is away before leaving
+    # the undelivered events on disk for `tuner sync`.
+    flush_timeout_s: float = Field(30.0, ge=0, le=3600)
 
     @field_validator("tracking_uri")
     @classmethod
