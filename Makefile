@@ -5,7 +5,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast bench screenshot browser-deps clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,15 @@ test: $(STAMP)  ## the whole suite (about 5 minutes on 2 cores)
 
 test-fast: $(STAMP)  ## without the tests that start Ray
 	$(PYTHON) -m pytest -q -m "not slow"
+
+bench: $(STAMP)  ## the benchmarks in bench/ (tens of minutes); results in bench/results/, summary in BENCHMARKS.md
+	$(PYTHON) -m bench
+
+screenshot: $(STAMP)  ## refresh docs/mlflow-ui.png with headless Chromium
+	$(PYTHON) docs/screenshot.py
+
+browser-deps:  ## Debian's Chromium and ChromeDriver, for the browser test and the screenshot (root)
+	apt-get install -y chromium chromium-driver
 
 clean:
 	rm -rf tuner_runs .pytest_cache

@@ -139,9 +139,26 @@ def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List
             _print_checks(checks)
             err.print("a sanity check failed: fix the model or data first, or run with --skip-checks")
             raise typer.Exit(1)
-    result = run_job(job, output_root=output_dir, checks=checks, verbose=verbose)
+    result = run_job(job, output_root=output_dir, checks=checks, callbacks=_progress(job, verbose), verbose=verbose)
     _print_result(result, job)
     raise typer.Exit(0 if result.succeeded else 1)
+
+
+def _progress(job: Any, verbose: bool) -> list:
+    """The live progress view, unless Ray's own reporter is showing (-v)."""
+    if verbose:
+        return []
+    from tuner.progress import ProgressCallback
+    from tuner.search import asha_max_t
+
+    return [ProgressCallback(total=job.search.num_samples, metric=job.metric, mode=job.mode,
+                             searched=list(job.space), max_t=asha_max_t(job), console=out)]
+
+
+def _ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the parent run shows in the MLflow UI (for a local store, once `tuner ui` runs)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def _print_result(result: Any, job: Any) -> None:
@@ -169,6 +186,9 @@ def _print_result(result: Any, job: Any) -> None:
         out.print(f"ensemble of {len(e['members'])}: test acc {e['ensemble_test_acc']:.4f} "
                   f"(best single {e['best_single_test_acc']:.4f}); model {where}")
     out.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
+    local = not result.tracking_uri.startswith(("http://", "https://"))
+    out.print(f"MLflow UI: {_ui_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}"
+              + ("  (after `tuner ui`)" if local else ""))
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {result.tracking_uri}")
     if result.undelivered:
         err.print(f"{result.undelivered} tracking events were not delivered to {result.tracking_uri}; they are kept "

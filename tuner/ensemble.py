@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -110,21 +109,29 @@ def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset)
     (staging / "ensemble.json").write_text(json.dumps(meta, default=str))
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "add type hints to predict": inputs are arrays of any shape
-        mlflow.pyfunc.save_model(path=str(model_dir), **_model_kwargs(staging))
+    mlflow.pyfunc.save_model(path=str(model_dir), **_model_kwargs(staging))
 
 
 def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tracker) -> str | None:
     """Log the saved model on the parent run as a LoggedModel; register it under the job's name."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     mlflow.set_tracking_uri(tracker.tracking_uri)
     staging = model_dir.parent / "ensemble_members"
+    run_id = tracker.delivery.parent_run_id
     try:
-        with mlflow.start_run(run_id=tracker.delivery.parent_run_id), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, registered_model_name=spec.name,
-                                           **_model_kwargs(staging))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging))
     except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
         log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0], model_dir)
         return None
+    # Registered through the client: MLflow's fluent registration prints to stderr.
+    client = MlflowClient(tracker.tracking_uri)
+    try:
+        if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
+            client.create_registered_model(spec.name)
+        client.create_model_version(spec.name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    except MlflowException as exc:  # a store without a model registry: the LoggedModel is still there
+        log.warning("ensemble model logged as %s but not registered (%s)", info.model_uri, str(exc).splitlines()[0])
     return info.model_uri

@@ -75,6 +75,7 @@ class RunFolder:
 class JobResult:
     run_folder: Path
     tracking_uri: str
+    experiment_id: str
     parent_run_id: str
     statuses: dict[str, str]  # trial name -> FINISHED | KILLED | FAILED
     best_trial: str | None = None
@@ -171,7 +172,7 @@ def _trainable(spec: JobSpec, dataset) -> Callable:
     return tune.with_resources(function, resources)
 
 
-def _tuner(spec: JobSpec, folder: RunFolder, callback, dataset, *, verbose: bool):
+def _tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, verbose: bool):
     from ray import tune
 
     from tuner.search import make_scheduler, make_searcher
@@ -191,7 +192,7 @@ def _tuner(spec: JobSpec, folder: RunFolder, callback, dataset, *, verbose: bool
         run_config=tune.RunConfig(
             name=folder.ray.name,
             storage_path=str(folder.path.resolve()),
-            callbacks=[callback],
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.metric,
                                                     checkpoint_score_order=spec.mode),
@@ -215,8 +216,12 @@ def new_run_folder(spec: JobSpec, output_root: Path) -> RunFolder:
 
 
 def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
-            verbose: bool = False) -> JobResult:
-    """Run a validated job to its end. ``checks``: sanity-check results to log on the parent run."""
+            callbacks: list | None = None, verbose: bool = False) -> JobResult:
+    """Run a validated job to its end.
+
+    ``checks``: sanity-check results to log on the parent run; ``callbacks``: more Ray Tune callbacks
+    (the CLI's progress view).
+    """
     from tuner.search import asha_max_t
     from tuner.tracking import TrackingCallback, start_parent_run
 
@@ -238,7 +243,7 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     dataset = _load_data(spec)
     started = _init_ray(spec, verbose=verbose)
     try:
-        results = _tuner(spec, folder, callback, dataset, verbose=verbose).fit()
+        results = _tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
     finally:
         if started:
             import ray
@@ -324,7 +329,7 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset) -> JobR
     ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
     statuses = _trial_statuses(tracker, results)
     result = JobResult(run_folder=folder.path, tracking_uri=tracker.tracking_uri,
-                       parent_run_id=tracker.delivery.parent_run_id, statuses=statuses, top=ranked[:5])
+                       experiment_id=tracker.delivery.experiment_id, parent_run_id=tracker.delivery.parent_run_id, statuses=statuses, top=ranked[:5])
     if ranked:
         best = ranked[0]
         result.best_trial, result.best_value, result.best_config = best["trial"], best["value"], best["config"]

@@ -335,10 +335,7 @@ class TrackingCallback(Callback):
                           params=_flat(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
-        # Tune marks a result done=True before callbacks see it only when a scheduler (or stopper)
-        # decided to stop the trial; a trainable that returns ends with a result callbacks never see.
-        # ASHA also "stops" a trial that reached max_t: that one finished.
-        if result.get("done") and (self.max_t is None or result.get("training_iteration", 0) < self.max_t):
+        if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
         self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
@@ -377,6 +374,16 @@ class TrackingCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "best": None, "stopped": set(), "ending": []}
+
+
+def stopped_early(result: Mapping[str, Any], max_t: int | None) -> bool:
+    """Whether a trial's result says a scheduler stopped it before its end.
+
+    Tune marks a result done=True before callbacks see it only when a scheduler (or stopper) decided
+    to stop the trial; a trainable that returns ends with a result callbacks never see. ASHA also
+    "stops" a trial that reached max_t: that one finished.
+    """
+    return bool(result.get("done")) and (max_t is None or result.get("training_iteration", 0) < max_t)
 
 
 def _trial_error(trial) -> tuple[str, str]:

@@ -1,0 +1,58 @@
+"""`tuner ui` serves a finished job's store, and headless Chromium finds the parent run and its children."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, small_spec
+from tuner.run import run_job
+from tuner.tracking import PARENT_TAG
+
+sys.path.insert(0, str(ROOT / "docs"))
+from screenshot import browser, missing_browser, show_job, start_ui, stop  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_job(ray_session, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui")
+    spec = small_spec(root, name="ui-job", search={"num_samples": 3, "algorithm": "random"})
+    return root, run_job(spec, output_root=root)
+
+
+@pytest.fixture(scope="module")
+def ui(finished_job):
+    root, _ = finished_job
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process, first_line = start_ui(root, port)
+    yield f"http://127.0.0.1:{port}", first_line
+    stop(process)
+
+
+def test_tuner_ui_prints_its_url_and_serves_the_jobs_store(finished_job, ui):
+    root, result = finished_job
+    url, first_line = ui
+    assert first_line == f"MLflow UI for {result.tracking_uri}: {url}"
+    client = MlflowClient(url)  # the UI's server answers MLflow's REST API on the same store
+    children = client.search_runs([result.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{result.parent_run_id}'")
+    assert len(children) == 3
+
+
+def test_headless_chromium_finds_the_parent_run_and_its_child_runs(finished_job, ui):
+    if reason := missing_browser():
+        pytest.skip(reason)
+    _, result = finished_job
+    url, _ = ui
+    driver = browser()
+    try:
+        names = show_job(driver, url, result.experiment_id, "ui-job")
+    finally:
+        driver.quit()
+    assert names == sorted(result.statuses) == ["trial-001", "trial-002", "trial-003"]
