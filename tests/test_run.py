@@ -81,9 +81,12 @@ def test_diverging_trial_fails_and_the_job_completes(ray_session, tmp_path):
 
 def test_ensemble_model_and_export_train_reproduce(ray_session, tmp_path):
     spec = small_spec(tmp_path, search={"num_samples": 3}, ensemble={"top_k": 2})
+    uri_before = os.environ.get("MLFLOW_TRACKING_URI")
     result = run_job(spec, output_root=tmp_path)
     ensemble = result.ensemble
     assert ensemble and len(ensemble["members"]) == 2 and ensemble["model_uri"].startswith("models:/")
+    # Logging the model must not repoint the process (MLflow's set_tracking_uri sets the variable).
+    assert os.environ.get("MLFLOW_TRACKING_URI") == uri_before
     _, parent, _ = _children(result.tracking_uri, result.parent_run_id)
     assert parent.data.metrics["ensemble_test_acc"] == pytest.approx(ensemble["ensemble_test_acc"])
     # The pyfunc model, loaded in a fresh process on raw digits, reproduces the logged test accuracy.

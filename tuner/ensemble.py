@@ -12,11 +12,13 @@ since only the user's code knows how to rebuild their networks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import mlflow.pyfunc
@@ -112,16 +114,31 @@ def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset)
     mlflow.pyfunc.save_model(path=str(model_dir), **_model_kwargs(staging))
 
 
+@contextlib.contextmanager
+def _fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for a block; `mlflow.set_tracking_uri` also sets
+    $MLFLOW_TRACKING_URI, which would send the process's next job to this job's store."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tracker) -> str | None:
     """Log the saved model on the parent run as a LoggedModel; register it under the job's name."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(tracker.tracking_uri)
     staging = model_dir.parent / "ensemble_members"
     run_id = tracker.delivery.parent_run_id
     try:
-        with mlflow.start_run(run_id=run_id):
+        with _fluent_tracking_uri(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging))
     except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
         log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0], model_dir)

@@ -172,7 +172,8 @@ def _trainable(spec: JobSpec, dataset) -> Callable:
     return tune.with_resources(function, resources)
 
 
-def _tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, verbose: bool):
+def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, verbose: bool = False):
+    """The `ray.tune.Tuner` of a job (`run_job` adds the tracking callback; bench/ measures without it)."""
     from ray import tune
 
     from tuner.search import make_scheduler, make_searcher
@@ -243,7 +244,7 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     dataset = _load_data(spec)
     started = _init_ray(spec, verbose=verbose)
     try:
-        results = _tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
+        results = make_tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
     finally:
         if started:
             import ray
