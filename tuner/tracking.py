@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TRIAL_TAG = "tuner.trial_id"
 JOB_TAG = "tuner.job"
 PARENT_TAG = "mlflow.parentRunId"
+TRIAL_OPS = frozenset({"trial_start", "metrics", "trial_end"})
 # Keys Ray adds to every result; everything else a trial reports is logged as a metric.
 RAY_RESULT_KEYS = frozenset({
     "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "date", "pid", "hostname",
@@ -40,7 +41,7 @@ RAY_RESULT_KEYS = frozenset({
     "checkpoint_dir_name", "warmup_time", "episodes_this_iter", "timesteps_this_iter",
 })
 _RETRY_WAIT_S = (1, 2, 4, 8)  # waits between delivery attempts while the server is away
-_POLL_S = 0.5  # the writer delivers at most this long after an event
+_FLUSH_S = 2.0  # the writer delivers what accumulated this often
 
 # Keep MLflow's own HTTP retries short: the journal already buffers, and a long retry inside one
 # call would hold up every later event.
@@ -143,67 +144,92 @@ class Delivery:
         self.client = _client(tracking_uri)
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.runs: dict[str, str] = {}
+        self.runs: dict[str, str] | None = None  # trial id -> child run id, read from MLflow on first use
         self.progress = 0
 
+    def _children(self) -> dict[str, str]:
+        """The parent's child runs by trial id: one search per delivery, not one per trial."""
+        if self.runs is None:
+            runs, token = {}, None
+            while True:
+                page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token,
+                                               filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}'")
+                runs.update({r.data.tags[TRIAL_TAG]: r.info.run_id for r in page if TRIAL_TAG in r.data.tags})
+                token = page.token
+                if not token:
+                    break
+            self.runs = runs
+        return self.runs
+
     def _child(self, trial_id: str, name: str | None = None) -> str:
-        if trial_id in self.runs:
-            return self.runs[trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
-        )
-        if found:
-            self.runs[trial_id] = found[0].info.run_id
-        else:
+        runs = self._children()
+        if trial_id not in runs:
             run = self.client.create_run(self.experiment_id, run_name=name or f"trial-{trial_id}", tags={
                 PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial_id})
-            self.runs[trial_id] = run.info.run_id
-        return self.runs[trial_id]
+            runs[trial_id] = run.info.run_id
+        return runs[trial_id]
 
     def apply(self, events: list[dict[str, Any]]) -> int:
         """Deliver events in order; return how many were delivered.
 
-        Stops at the first failing call by raising; `progress` then says how many went through.
+        A stretch of consecutive trial events (starts, metrics, ends, of any trials) goes out as one
+        `log_batch` per trial (params, metrics and tags together), then the ends. Stops at the first
+        failing call by raising; `progress` then says how many events went through. A stretch counts
+        only when all of it went through: replaying one is harmless (a child run is found by its
+        trial tag, MLflow ignores metric points it already has, params and tags get the same values).
         """
         done = self.progress = 0
         while done < len(events):
-            batch = [events[done]]
-            if batch[0]["op"] == "metrics":  # group consecutive metrics of one trial into one call
-                while (done + len(batch) < len(events) and len(batch) < 100
-                       and events[done + len(batch)]["op"] == "metrics"
-                       and events[done + len(batch)]["trial"] == batch[0]["trial"]):
-                    batch.append(events[done + len(batch)])
-            self._apply(batch)
-            done = self.progress = done + len(batch)
+            end = done + 1
+            if events[done]["op"] in TRIAL_OPS:
+                while end < len(events) and events[end]["op"] in TRIAL_OPS:
+                    end += 1
+                self._apply_trials(events[done:end])
+            else:
+                self._apply_job(events[done])
+            done = self.progress = end
         return done
 
-    def _apply(self, batch: list[dict[str, Any]]) -> None:
+    def _apply_trials(self, events: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
-        event = batch[0]
+        batches: dict[str, dict[str, Any]] = {}
+        for e in events:
+            b = batches.setdefault(e["trial"], {"name": None, "params": {}, "metrics": [], "tags": {}, "end": None,
+                                                "reopen": False})
+            if e["op"] == "trial_start":
+                b["name"] = e["name"]
+                b["params"].update(e["params"])
+                b["reopen"] = b["reopen"] or b["end"] is not None or e["trial"] in self._children()
+                b["end"] = None  # a trial Ray restarted after an end runs again
+            elif e["op"] == "metrics":
+                b["metrics"] += [Metric(k, float(v), e["time"], e["step"]) for k, v in e["values"].items()]
+            else:
+                b["end"] = e
+                b["tags"].update(e.get("tags", {}))
+                b["metrics"] += [Metric(k, float(v), e["time"], 0) for k, v in e.get("metrics", {}).items()]
+        for trial, b in batches.items():
+            run_id = self._child(trial, b["name"])  # a new run starts as RUNNING
+            if b["reopen"]:
+                logged = self.client.get_run(run_id).data.params
+                b["params"] = {k: v for k, v in b["params"].items() if k not in logged}
+                self.client.update_run(run_id, status="RUNNING")
+            params = [Param(k, _param_value(v)) for k, v in b["params"].items()]
+            tags = [RunTag(k, str(v)[:5000]) for k, v in b["tags"].items()]
+            metrics = b["metrics"]
+            while params or tags or metrics:  # MLflow's limits per call: 100 params, 100 tags, 1000 metrics
+                self.client.log_batch(run_id, params=params[:100], tags=tags[:100], metrics=metrics[:1000])
+                params, tags, metrics = params[100:], tags[100:], metrics[1000:]
+            if b["end"] is not None:
+                if b["end"].get("traceback"):
+                    self.client.log_text(run_id, b["end"]["traceback"], "error.txt")
+                self.client.set_terminated(run_id, status=b["end"]["status"], end_time=b["end"]["time"])
+
+    def _apply_job(self, event: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, RunTag
+
         op = event["op"]
-        if op == "metrics":
-            run_id = self._child(event["trial"])
-            metrics = [Metric(k, float(v), e["time"], e["step"]) for e in batch for k, v in e["values"].items()]
-            for start in range(0, len(metrics), 1000):
-                self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        elif op == "trial_start":
-            run_id = self._child(event["trial"], event["name"])
-            logged = set(self.client.get_run(run_id).data.params)
-            params = [Param(k, _param_value(v)) for k, v in event["params"].items() if k not in logged]
-            for start in range(0, len(params), 100):
-                self.client.log_batch(run_id, params=params[start : start + 100])
-            self.client.update_run(run_id, status="RUNNING")
-        elif op == "trial_end":
-            run_id = self._child(event["trial"])
-            tags = [RunTag(k, str(v)[:5000]) for k, v in event.get("tags", {}).items()]
-            metrics = [Metric(k, float(v), event["time"], 0) for k, v in event.get("metrics", {}).items()]
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
-            if event.get("traceback"):
-                self.client.log_text(run_id, event["traceback"], "error.txt")
-            self.client.set_terminated(run_id, status=event["status"], end_time=event["time"])
-        elif op == "parent":
+        if op == "parent":
             metrics = [Metric(k, float(v), event["time"], event.get("step", 0))
                        for k, v in event.get("metrics", {}).items()]
             tags = [RunTag(k, str(v)[:5000]) for k, v in event.get("tags", {}).items()]
@@ -233,7 +259,6 @@ class Tracker:
         self.journal = Journal(folder)
         self.delivery = Delivery(tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id)
         self.tracking_uri = tracking_uri
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._failures = 0
         self.last_error: str | None = None
@@ -249,7 +274,6 @@ class Tracker:
 
     def emit(self, op: str, **fields: Any) -> None:
         self.journal.append({"op": op, "time": int(time.time() * 1000), **fields})
-        self._wake.set()
 
     def _deliver_once(self) -> bool:
         """Try to deliver everything pending; True when nothing is left."""
@@ -274,16 +298,15 @@ class Tracker:
         return delivered == len(pending)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(_POLL_S)
-            self._wake.clear()
+        # Deliver every _FLUSH_S, not on every event: fewer, larger batches cost the trials (which
+        # share the machine's cores with this thread) much less than one call per event.
+        while not self._stop.wait(_FLUSH_S):
             if not self._deliver_once():
                 self._stop.wait(_RETRY_WAIT_S[min(self._failures, len(_RETRY_WAIT_S)) - 1])
 
     def close(self, *, timeout_s: float = 30.0) -> int:
         """Stop the writer, then keep delivering until done or ``timeout_s``; return events left undelivered."""
         self._stop.set()
-        self._wake.set()
         self._thread.join()
         deadline = time.monotonic() + timeout_s
         while not self._deliver_once() and time.monotonic() < deadline:
