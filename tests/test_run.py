@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import DATA, ROOT, small_spec
 from tests.conftest import children as _children
@@ -21,12 +22,17 @@ USER_CODE = DATA / "user_trainables"
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random"])
-def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm):
+def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm, monkeypatch):
     from tuner.cli import _run_checks
 
     spec = small_spec(tmp_path, search={"algorithm": algorithm})
     checks = _run_checks(spec)
-    result = run_job(spec, output_root=tmp_path, checks=checks)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = run_job(spec, output_root=tmp_path / "out", checks=checks)
+    assert not list(elsewhere.iterdir())  # nothing outside the output folder (MLflow defaults to ./mlruns)
+    assert list((tmp_path / "out" / "mlartifacts").rglob("spec.yaml"))
     assert result.succeeded and result.statuses == {"trial-001": "FINISHED", "trial-002": "FINISHED"}
     client, parent, children = _children(result.tracking_uri, result.parent_run_id)
     assert sorted(r.info.run_name for r in children) == ["trial-001", "trial-002"]
@@ -89,6 +95,9 @@ def test_ensemble_model_and_export_train_reproduce(ray_session, tmp_path):
     assert os.environ.get("MLFLOW_TRACKING_URI") == uri_before
     _, parent, _ = _children(result.tracking_uri, result.parent_run_id)
     assert parent.data.metrics["ensemble_test_acc"] == pytest.approx(ensemble["ensemble_test_acc"])
+    registry = MlflowClient(result.tracking_uri, registry_uri=result.tracking_uri)
+    (version,) = registry.search_model_versions(f"name = '{spec.name}'")  # registered in the job's own store
+    assert version.source == ensemble["model_uri"] and version.run_id == result.parent_run_id
     # The pyfunc model, loaded in a fresh process on raw digits, reproduces the logged test accuracy.
     script = (
         "import sys, mlflow, numpy as np\n"

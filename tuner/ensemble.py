@@ -137,18 +137,23 @@ def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tr
 
     staging = model_dir.parent / "ensemble_members"
     run_id = tracker.delivery.parent_run_id
-    try:
-        with _fluent_tracking_uri(tracker.tracking_uri), mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging))
-    except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
-        log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0], model_dir)
-        return None
-    # Registered through the client: MLflow's fluent registration prints to stderr.
-    client = MlflowClient(tracker.tracking_uri)
-    try:
-        if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
-            client.create_registered_model(spec.name)
-        client.create_model_version(spec.name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
-    except MlflowException as exc:  # a store without a model registry: the LoggedModel is still there
-        log.warning("ensemble model logged as %s but not registered (%s)", info.model_uri, str(exc).splitlines()[0])
+    # MLflow resolves the version's `models:/` source through the fluent tracking URI, so the
+    # registration stays inside the block too.
+    with _fluent_tracking_uri(tracker.tracking_uri):
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging))
+        except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
+            log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0],
+                        model_dir)
+            return None
+        # Registered through the client: MLflow's fluent registration prints to stderr.
+        client = MlflowClient(tracker.tracking_uri, registry_uri=tracker.tracking_uri)
+        try:
+            if not client.search_registered_models(filter_string=f"name = '{spec.name}'"):
+                client.create_registered_model(spec.name)
+            client.create_model_version(spec.name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+        except MlflowException as exc:  # a store without a model registry: the LoggedModel is still there
+            log.warning("ensemble model logged as %s but not registered (%s)", info.model_uri,
+                        str(exc).splitlines()[0])
     return info.model_uri

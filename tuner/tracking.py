@@ -74,6 +74,14 @@ def _param_value(value: Any) -> str:
     return "null" if value is None else str(value)[:6000]
 
 
+def _artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store's file. (MLflow's default
+    is ./mlruns in whatever the current directory is; a server decides for itself.)"""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, params: Mapping[str, Any],
                      spec_yaml: str, tags: Mapping[str, str]) -> tuple[str, str]:
     """Create the job's parent run with the spec as params and artifact; return (experiment_id, run_id)."""
@@ -81,7 +89,8 @@ def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, param
 
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, artifact_location=_artifact_root(tracking_uri))
     run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for start in range(0, len(items), 100):
