@@ -1,0 +1,81 @@
+"""What every benchmark shares: a quiet in-process Ray, the machine's description, results files, tables."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MNIST = ROOT.parent / "shared" / "data" / "mnist10k"
+USER_CODE = ROOT / "bench"
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def machine() -> dict[str, Any]:
+    import mlflow
+    import optuna
+    import ray
+    import torch
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "ray": ray.__version__, "optuna": optuna.__version__, "mlflow": mlflow.__version__,
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def start_ray(num_cpus: int = 2) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, runtime_env={"env_vars": {"PYTHONPATH": str(USER_CODE)}})
+    sys.path.insert(0, str(USER_CODE))
+    for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def save(name: str, rows: list[dict[str, Any]], **extra: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "machine": machine(), "command": " ".join(sys.argv),
+                                **extra, "rows": rows}, indent=2, default=str))
+    return path
+
+
+def table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=title, title_justify="left")
+    for column in columns:
+        view.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        view.add_row(*[_cell(row.get(c)) for c in columns])
+    Console(width=200).print(view)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start

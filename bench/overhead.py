@@ -1,0 +1,195 @@
+"""Orchestration overhead: the service against what users write today, on the same trials, same run.
+
+Workloads (2 trials at a time, the machine's 2 cores):
+  sleep-0.05s  16 trials x 20 epochs x 0.05 s: ideal 16 * 20 * 0.05 / 2 = 8 s
+  sleep-2s     16 trials x 4 epochs x 0.5 s (2-second trials): ideal 16 s
+  digits       the demo job (16 TPE trials of the MLP on digits), tracking on vs off: what logging costs
+
+Arms:
+  service              `tuner run` in-process (run_job): every trial and epoch in MLflow, report, plots
+  service, no tracking the same Ray Tune job (tuner.run.make_tuner) without the tracking callback
+  ray tune             plain `tune.Tuner` + OptunaSearch, no logging
+  ray tune + mlflow    the same plus Ray's MLflowLoggerCallback (one flat run per trial, synchronous)
+  optuna + mlflow      `study.optimize(n_jobs=2)` with a callback that logs each trial to MLflow
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.common import ROOT, USER_CODE, Timer, median, save, start_ray, table
+
+CONCURRENCY = 2
+STORE = "sqlite:///mlflow.db"  # in each arm's own temporary folder, whatever $MLFLOW_TRACKING_URI says
+
+
+def _sleep_spec(name: str, trials: int, epochs: int, epoch_s: float):
+    from tuner.spec import spec_from_mapping
+
+    return spec_from_mapping({
+        "name": name, "trainable": "workloads:sleep_trainable", "code_dir": str(USER_CODE), "metric": "loss",
+        "mode": "min", "search": {"algorithm": "random", "num_samples": trials, "max_concurrent": CONCURRENCY,
+                                  "seed": 0, "space": {"x": {"uniform": [0.0, 1.0]}}},
+        "fixed": {"epochs": epochs, "epoch_s": epoch_s}, "ensemble": {"top_k": 0},
+        "mlflow": {"tracking_uri": STORE}})
+
+
+def service(spec, tmp: Path) -> float:
+    from tuner.run import run_job
+
+    with Timer() as t:
+        run_job(spec, output_root=tmp)
+    return t.seconds
+
+
+def service_without_tracking(spec, tmp: Path, dataset=None) -> float:
+    from tuner.run import make_tuner, new_run_folder
+
+    with Timer() as t:
+        make_tuner(spec, new_run_folder(spec, tmp), [], dataset).fit()
+    return t.seconds
+
+
+def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> float:
+    """Only `Tuner.fit` of the job, with or without the tracking callback (plus flushing what it wrote)."""
+    from tuner.run import make_tuner, new_run_folder, tracking_uri_for
+    from tuner.tracking import TrackingCallback, start_parent_run
+
+    folder = new_run_folder(spec, tmp)
+    callbacks = []
+    if tracking:
+        uri = tracking_uri_for(spec, tmp)
+        experiment_id, parent = start_parent_run(tracking_uri=uri, experiment=spec.experiment, job_name=spec.name,
+                                                 params={}, spec_yaml=spec.to_yaml(), tags={})
+        callbacks = [TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                      parent_run_id=parent, metric=spec.metric, mode=spec.mode)]
+    with Timer() as t:
+        make_tuner(spec, folder, callbacks, dataset).fit()
+        if tracking:
+            left = callbacks[0].tracker.close()
+    if tracking and left:
+        raise RuntimeError(f"{left} tracking events undelivered: the measurement is void")
+    return t.seconds
+
+
+def plain_ray_tune(spec, tmp: Path, *, mlflow: bool) -> float:
+    from optuna.samplers import RandomSampler
+    from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    from workloads import sleep_trainable
+
+    callbacks = [MLflowLoggerCallback(tracking_uri=f"sqlite:///{tmp / 'plain.db'}", experiment_name="plain")] if mlflow else []
+    tuner = tune.Tuner(
+        tune.with_resources(sleep_trainable, {"cpu": 1}),
+        param_space={"x": tune.uniform(0.0, 1.0), **spec.fixed},
+        tune_config=tune.TuneConfig(search_alg=OptunaSearch(metric="loss", mode="min", sampler=RandomSampler(seed=0)),
+                                    num_samples=spec.search.num_samples, max_concurrent_trials=CONCURRENCY,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp), name=f"plain-{time.time_ns()}", callbacks=callbacks, verbose=0))
+    with Timer() as t:
+        tuner.fit()
+    return t.seconds
+
+
+def plain_optuna(spec, tmp: Path) -> float:
+    """What an Optuna user writes: threads, per-epoch trial.report, an MLflow run per trial from a callback."""
+    import mlflow
+    import optuna
+
+    fixed = spec.fixed
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'optuna.db'}")  # also sets $MLFLOW_TRACKING_URI: restored below
+    mlflow.set_experiment("plain-optuna")
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", 0.0, 1.0)
+        for epoch in range(fixed["epochs"]):
+            time.sleep(fixed["epoch_s"])
+            loss = x + 1.0 / (epoch + 1)
+            trial.report(loss, epoch)
+        return loss
+
+    def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with mlflow.start_run(run_name=f"trial-{trial.number}"):
+            mlflow.log_params(trial.params)
+            mlflow.log_metrics({f"loss_epoch_{step}": v for step, v in trial.intermediate_values.items()})
+            mlflow.log_metric("loss", trial.value)
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with Timer() as t:
+        study.optimize(objective, n_trials=spec.search.num_samples, n_jobs=CONCURRENCY, callbacks=[log_trial])
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None) if saved is None else os.environ.update(MLFLOW_TRACKING_URI=saved)
+    return t.seconds
+
+
+def _measure(arms: dict[str, Callable[[Path], float]], reps: int) -> dict[str, list[float]]:
+    """Each arm ``reps`` times, interleaved (noisy machines drift), each in a fresh folder."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(reps):
+        for name, arm in arms.items():
+            with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+                times[name].append(arm(Path(tmp)))
+    return times
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args(argv)
+    start_ray()
+    rows: list[dict[str, Any]] = []
+
+    sleep = _sleep_spec("sleep-0.05s", 16, 20, 0.05)
+    ideal = 16 * 20 * 0.05 / CONCURRENCY
+    times = _measure({
+        "service": lambda tmp: service(sleep, tmp),
+        "service, no tracking": lambda tmp: service_without_tracking(sleep, tmp),
+        "ray tune": lambda tmp: plain_ray_tune(sleep, tmp, mlflow=False),
+        "ray tune + mlflow": lambda tmp: plain_ray_tune(sleep, tmp, mlflow=True),
+        "optuna + mlflow": lambda tmp: plain_optuna(sleep, tmp),
+    }, args.reps)
+    reference = median(times["ray tune + mlflow"])
+    for arm, values in times.items():
+        rows.append({"workload": "sleep-0.05s", "arm": arm, "wall_s": median(values), "runs": values, "ideal_s": ideal,
+                     "of_ideal": ideal / median(values), "vs_ray_tune_mlflow": median(values) / reference})
+
+    long = _sleep_spec("sleep-2s", 16, 4, 0.5)
+    ideal = 16 * 4 * 0.5 / CONCURRENCY
+    times = _measure({"service": lambda tmp: service(long, tmp),
+                      "ray tune": lambda tmp: plain_ray_tune(long, tmp, mlflow=False)}, args.reps)
+    for arm, values in times.items():
+        rows.append({"workload": "sleep-2s", "arm": arm, "wall_s": median(values), "runs": values, "ideal_s": ideal,
+                     "of_ideal": ideal / median(values)})
+
+    from trainables.data import load_dataset
+    from tuner.spec import load_spec
+
+    demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
+    dataset = load_dataset(demo.data.model_dump())
+    times = _measure({"tracking on": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=True),
+                      "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)}, args.reps)
+    off = median(times["tracking off"])
+    for arm, values in times.items():
+        rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median(values), "runs": values,
+                     "logging_overhead": median(values) / off - 1})
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
+            load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
+
+    table(rows, ["workload", "arm", "wall_s", "ideal_s", "of_ideal", "vs_ray_tune_mlflow", "logging_overhead"],
+          f"orchestration overhead (median of {args.reps}, {CONCURRENCY} trials at a time)")
+    save("overhead", rows, reps=args.reps)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
