@@ -1,9 +1,9 @@
 """Scale of bookkeeping: 1,000 no-op trials through the service (TPE over six knobs, every trial in MLflow).
 
 Reports the per-trial overhead (wall time / trials) and the searcher's suggestion latency early and
-late in the run (Optuna's TPE looks at the whole history on every suggestion). A second, smaller
-run with Tune's default snapshot period shows what snapshotting the experiment at every step
-(TUNE_GLOBAL_CHECKPOINT_S=0, which `tuner resume` relies on) costs.
+late in the run (Optuna's TPE looks at the whole history on every suggestion). Smaller runs compare
+Tune's snapshot period: every step (0), every second (1, the service's default) and Tune's own
+"auto" (at least every 10 s).
 """
 
 from __future__ import annotations
@@ -47,13 +47,14 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
             latencies.append(time.perf_counter() - start)
 
     OptunaSearch.suggest = timed
+    default_period = os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp, Timer() as t:
             result = run_job(_spec(trials), output_root=Path(tmp))
     finally:
         OptunaSearch.suggest = suggest
-        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
     done = [s for s in latencies if s > 0]
     return {"trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
             "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compare", type=int, default=200, help="trials for the snapshot-period comparison")
     args = parser.parse_args(argv)
     start_ray()
-    rows = [run(args.trials, "0"), run(args.compare, "0"), run(args.compare, "auto")]
+    rows = [run(args.trials, "1"), *(run(args.compare, period) for period in ("0", "1", "auto"))]
     table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "child_runs", "undelivered",
                  "suggest_ms_first_10", "suggest_ms_last_10"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
     save("bookkeeping", rows)

@@ -39,15 +39,24 @@ def start_ui(output_dir: Path, port: int) -> tuple[subprocess.Popen, str]:
     ui = subprocess.Popen([sys.executable, "-m", "tuner.cli", "ui", "--output-dir", str(output_dir), "--port", str(port)],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     first_line = ui.stdout.readline().strip()
-    deadline = time.monotonic() + 90
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", ui, what="tuner ui")
+    except RuntimeError:
+        stop(ui)
+        raise
+    return ui, first_line
+
+
+def wait_for_http(url: str, process: subprocess.Popen, *, what: str, timeout_s: float = 90) -> None:
+    """Wait until ``url`` answers; fail early if ``process`` (the server) exits."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return ui, first_line
+            with urllib.request.urlopen(url, timeout=2):
+                return
         except OSError:
-            if ui.poll() is not None or time.monotonic() > deadline:
-                stop(ui)
-                raise RuntimeError(f"tuner ui did not answer on port {port}") from None
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not answer at {url}") from None
             time.sleep(0.5)
 
 

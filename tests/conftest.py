@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import sys
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -13,6 +19,11 @@ EXAMPLES = ROOT / "examples"
 DATA = Path(__file__).resolve().parent / "data"
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+PG = dict(host="127.0.0.1", port=5432, user="postgres")
+
+sys.path.insert(0, str(ROOT / "docs"))
+# Process-group helpers shared with the screenshot script: stop a server and its children, wait for it.
+from screenshot import stop as stop_group, wait_for_http  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +63,76 @@ def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
 
 # Workers of the shared in-process Ray import the test's user trainable from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DATA / "user_trainables"), os.environ.get("PYTHONPATH")]))
+
+
+# ----------------------------------------------------------------------------- real servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database on 127.0.0.1:5432; its URL. Skips the test without PostgreSQL."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(dbname="postgres", connect_timeout=3, autocommit=True, **PG)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
+    name = f"tuner_test_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture
+def postgres_db():
+    with postgres_database() as url:
+        yield url
+
+
+class MlflowServer:
+    """`mlflow server` in its own process group on a fixed loopback port; restartable."""
+
+    def __init__(self, backend: str, artifacts: Path, command: list[str] | None = None, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = env
+        self.port = port or free_port()
+        self.command = command or [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
+            "--port", str(self.port), "--workers", "1", "--artifacts-destination", str(artifacts)]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, start_new_session=True, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, env=self.env)
+        wait_for_http(f"{self.url}/health", self.process, what="mlflow server")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
+
+
+@pytest.fixture
+def server(postgres_db, tmp_path):
+    server = MlflowServer(postgres_db, tmp_path / "artifacts")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.url

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import sys
-
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, small_spec
+from tests.conftest import free_port, small_spec
 from tuner.run import run_job
 from tuner.tracking import PARENT_TAG
 
-sys.path.insert(0, str(ROOT / "docs"))
-from screenshot import browser, missing_browser, show_job, start_ui, stop  # noqa: E402
+from screenshot import browser, missing_browser, show_job, start_ui, stop  # noqa: E402 - docs/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +24,7 @@ def finished_job(ray_session, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ui(finished_job):
     root, _ = finished_job
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     process, first_line = start_ui(root, port)
     yield f"http://127.0.0.1:{port}", first_line
     stop(process)

@@ -9,105 +9,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DATA
+from tests.conftest import DATA, MlflowServer
 from tuner.run import run_job
 from tuner.spec import spec_from_mapping
 from tuner.tracking import PARENT_TAG
 
 pytestmark = pytest.mark.slow
-PG = dict(host="127.0.0.1", port=5432, user="postgres")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres_db():
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(dbname="postgres", connect_timeout=3, autocommit=True, **PG)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    name = f"tuner_test_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
-
-
-class MlflowServer:
-    """`mlflow server` on PostgreSQL, in its own process group on a fixed loopback port; restartable."""
-
-    def __init__(self, backend: str, artifacts: Path) -> None:
-        self.command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
-                        "--host", "127.0.0.1", "--port", str(_free_port()), "--workers", "1",
-                        "--artifacts-destination", str(artifacts)]
-        self.url = f"http://127.0.0.1:{self.command[self.command.index('--port') + 1]}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, start_new_session=True, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError("mlflow server did not come up") from None
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        """Stop the server and its workers by its own process group."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass  # the group is already gone: the server exited by itself
-        self.process = None
-
-
-@pytest.fixture
-def server(postgres_db, tmp_path):
-    server = MlflowServer(postgres_db, tmp_path / "artifacts")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def mlflow_server(server):
-    return server.url
-
-
 def test_job_against_mlflow_server_on_postgresql(ray_session, mlflow_server, tmp_path):
     spec = spec_from_mapping({
         "name": "pg-job", "trainable": "toy_trainable:train", "code_dir": str(DATA / "user_trainables"),

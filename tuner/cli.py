@@ -9,6 +9,8 @@
     tuner sync digits-mlp                     # deliver tracking events a dead server missed
     tuner ui                                  # the MLflow UI on the job's store
     tuner runs / tuner show digits-mlp        # jobs in the store, one job's trials
+    tuner submit job.yaml --address http://HEAD:8265 --wait    # on a Ray cluster (Jobs API)
+    tuner status ID / logs ID --follow / stop ID / list
 
 User errors print as one line and exit 2; a failed job exits 1.
 """
@@ -164,7 +166,8 @@ def _ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 def _print_result(result: Any, job: Any) -> None:
     counts = {s: sum(1 for v in result.statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
     out.print(f"{job.name}: {len(result.statuses)} trials: {counts['FINISHED']} finished, "
-              f"{counts['KILLED']} stopped early, {counts['FAILED']} failed")
+              f"{counts['KILLED']} stopped early, {counts['FAILED']} failed"
+              + (" (the job was stopped: running trials recorded as KILLED)" if result.stopped else ""))
     if result.top:
         table = Table(title=f"top trials by {job.metric} ({job.mode})", title_justify="left")
         table.add_column("trial")
@@ -329,6 +332,96 @@ def show(job: str = typer.Argument(..., help="Job name or parent run id."),
         table.add_column(column)
     for row in rows:
         table.add_row(*row)
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------- Ray cluster
+
+AddressOption = typer.Option(None, "--address", help="The cluster's dashboard, http://HEAD:8265; default "
+                             "$RAY_ADDRESS, else the spec's ray.address.")
+
+
+@app.command()
+@_user_errors
+def submit(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List[str] = SetOption,
+           address: Optional[str] = AddressOption,
+           wait: bool = typer.Option(False, "--wait", help="Follow the job's log; exit 0 only if it SUCCEEDED."),
+           remote_output_dir: str = typer.Option("/tmp/tuner_runs", "--remote-output-dir",
+                                                 help="The job's --output-dir on the head node.")) -> None:
+    """Run a job on a Ray cluster (Ray's Jobs API); print its submission id."""
+    from tuner import submit as cluster
+    from tuner.spec import load_spec
+
+    job = load_spec(spec, overrides=set)
+    where = cluster.cluster_address(address, job)
+    submission_id = cluster.submit(spec, job, where, overrides=set, output_dir=remote_output_dir)
+    out.print(submission_id)
+    if not wait:
+        err.print(f"follow it: tuner logs {submission_id} --follow --address {where}")
+        return
+    for chunk in cluster.follow(where, submission_id):
+        out.out(chunk, end="", highlight=False)
+    state = cluster.wait(where, submission_id)
+    err.print(f"{submission_id}: {state}")
+    raise typer.Exit(0 if state == "SUCCEEDED" else 1)
+
+
+@app.command()
+@_user_errors
+def status(submission_id: str = typer.Argument(..., help="A submission id from tuner submit."),
+           address: Optional[str] = AddressOption) -> None:
+    """A submitted job's state: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
+    from tuner import submit as cluster
+
+    info = cluster.status(cluster.cluster_address(address), submission_id)
+    out.print(f"{info['id']}: {info['status']} (job {info['job']}, started {info['started']}, ended {info['ended']})")
+    if info["message"]:
+        out.print(info["message"], markup=False)
+
+
+@app.command()
+@_user_errors
+def logs(submission_id: str = typer.Argument(..., help="A submission id from tuner submit."),
+         address: Optional[str] = AddressOption,
+         follow: bool = typer.Option(False, "--follow", "-f", help="Stream until the job ends.")) -> None:
+    """A submitted job's log (its `tuner run` output)."""
+    from tuner import submit as cluster
+
+    where = cluster.cluster_address(address)
+    if follow:
+        for chunk in cluster.follow(where, submission_id):
+            out.out(chunk, end="", highlight=False)
+    else:
+        out.out(cluster.logs(where, submission_id), end="", highlight=False)
+
+
+@app.command()
+@_user_errors
+def stop(submission_id: str = typer.Argument(..., help="A submission id from tuner submit."),
+         address: Optional[str] = AddressOption,
+         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has stopped.")) -> None:
+    """Stop a submitted job: its running trials end as KILLED in MLflow."""
+    from tuner import submit as cluster
+
+    where = cluster.cluster_address(address)
+    if not cluster.stop(where, submission_id):
+        out.print(f"{submission_id}: already ended ({cluster.status(where, submission_id)['status']})")
+        return
+    out.print(f"{submission_id}: {cluster.wait(where, submission_id) if wait else 'stopping'}")
+
+
+@app.command(name="list")
+@_user_errors
+def list_(address: Optional[str] = AddressOption) -> None:
+    """The jobs submitted to the cluster, newest first."""
+    from tuner import submit as cluster
+
+    where = cluster.cluster_address(address)
+    table = Table(title=f"jobs on {where}", title_justify="left")
+    for column in ("submission id", "job", "status", "started", "ended"):
+        table.add_column(column)
+    for row in cluster.list_jobs(where):
+        table.add_row(row["id"], row["job"], row["status"], row["started"], row["ended"])
     out.print(table)
 
 

@@ -10,15 +10,18 @@ A job writes only inside its run folder, ``<output_root>/<name>/<timestamp>/``:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tuner.errors import NotFoundError, UserError
 from tuner.spec import JobSpec, load_spec
@@ -29,9 +32,10 @@ log = logging.getLogger(__name__)
 # Tune snapshot its experiment state often and warn about it on every snapshot; the snapshots are what
 # `tuner resume` restores from, so keep them and silence the warning.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Snapshot the experiment state at every step of Tune's loop (the default waits up to minutes): a
-# driver killed between snapshots makes `Tuner.restore` re-run trials that had already finished.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+# Snapshot the experiment state every second (Tune's default waits up to minutes; every step, 0,
+# made 1,000 short trials 9x slower, bench/bookkeeping.py). Trial ends reach the journal only after a
+# snapshot that includes them (tuner.tracking), so `tuner resume` never re-runs a journaled trial.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 DEFAULT_OUTPUT_ROOT = Path("tuner_runs")
 EMBEDDED_STORE = "mlflow.db"
@@ -84,6 +88,7 @@ class JobResult:
     ensemble: dict[str, Any] | None = None
     top: list[dict[str, Any]] = field(default_factory=list)  # best trials first
     undelivered: int = 0
+    stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
 
     @property
     def succeeded(self) -> bool:
@@ -134,7 +139,9 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     env: dict[str, Any] = {}
-    if not spec.is_builtin:
+    # A job submitted through Ray's Jobs API (tuner submit) already ships the trainable's folder as its
+    # working_dir, which Ray puts on every worker's path.
+    if not spec.is_builtin and not _in_ray_job():
         # Workers do not see the driver's sys.path: ship the trainable's folder with the job.
         paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
@@ -142,6 +149,22 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
              logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
              configure_logging=True)
     return True
+
+
+def _in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray Jobs submission (Ray sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _leave_ray_working_dir(folder: RunFolder) -> None:
+    """As a Jobs entrypoint, work from the run folder rather than Ray's copy of the working_dir.
+
+    Ray may delete a job's working_dir copy once no worker uses it while this driver still has it
+    as its current directory (seen: Tune's end failed in os.getcwd with FileNotFoundError). The spec
+    resolved every path it needs to an absolute one when it was loaded.
+    """
+    if _in_ray_job():
+        os.chdir(folder.path.resolve())
 
 
 def _load_data(spec: JobSpec):
@@ -172,9 +195,40 @@ def _trainable(spec: JobSpec, dataset) -> Callable:
     return tune.with_resources(function, resources)
 
 
+def synchronous_snapshots() -> None:
+    """Make Tune wait for each experiment snapshot to reach the run folder before its step goes on.
+
+    Ray 2.60 writes the snapshot to a staging folder, then copies it to the run folder in a
+    background thread, and skips a copy while one is in flight. Two things went wrong with that:
+    the next snapshot was written while the copy read the staging folder ("Saving experiment state
+    to storage ... failed", an ERROR with a traceback, seen in bench/overhead.py), and a driver
+    killed just after a trial's end could leave a snapshot without it, so `tuner resume` lost or
+    re-ran that trial. With `wait=True` (Ray's own parameter, used for its final snapshot) each
+    step's snapshot is on disk before the tracking callback journals the step's trial ends.
+    """
+    from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
+
+    from tuner.tracking import snapshot_taken
+
+    original = Manager.sync_up_experiment_state
+    if getattr(original, "tuner_waits", False):
+        return
+
+    def sync_up_and_wait(self, save_fn, force: bool = False, wait: bool = False) -> None:
+        before = self._last_save_time
+        original(self, save_fn, force=force, wait=True)
+        if self._last_save_time != before:  # a snapshot was written (not throttled): trial ends may be journaled
+            snapshot_taken()
+
+    sync_up_and_wait.tuner_waits = True  # type: ignore[attr-defined]
+    Manager.sync_up_experiment_state = sync_up_and_wait
+
+
 def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, verbose: bool = False):
     """The `ray.tune.Tuner` of a job (`run_job` adds the tracking callback; bench/ measures without it)."""
     from ray import tune
+
+    synchronous_snapshots()
 
     from tuner.search import make_scheduler, make_searcher
     from tuner.tracking import trial_name
@@ -213,7 +267,7 @@ def new_run_folder(spec: JobSpec, output_root: Path) -> RunFolder:
         n += 1
         path = base / f"{stamp}-{n}"
     path.mkdir(parents=True)
-    return RunFolder(path)
+    return RunFolder(path.resolve())
 
 
 def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
@@ -242,15 +296,17 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
                                 parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
                                 max_t=asha_max_t(spec))
     dataset = _load_data(spec)
+    _leave_ray_working_dir(folder)
     started = _init_ray(spec, verbose=verbose)
     try:
-        results = make_tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
+        with _stop_on_sigterm() as stopped:
+            results = make_tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return _finish(spec, folder, results, callback.tracker, dataset)
+    return _finish(spec, folder, results, callback.tracker, dataset, stopped=stopped.is_set())
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
@@ -265,12 +321,15 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
     spec = load_spec(folder.spec)
     state = folder.read_state()
     dataset = _load_data(spec)
+    _leave_ray_working_dir(folder)
     started = _init_ray(spec, verbose=verbose)
     try:
         # The TrackingCallback comes back with the experiment (Tune pickled it) and reopens the journal.
+        synchronous_snapshots()
         tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, dataset),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
-        results = tuner.fit()
+        with _stop_on_sigterm() as stopped:
+            results = tuner.fit()
     finally:
         if started:
             import ray
@@ -278,7 +337,28 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
             ray.shutdown()
     tracker = Tracker.for_run(folder.tracking, tracking_uri=state["tracking_uri"],
                               experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-    return _finish(spec, folder, results, tracker, dataset)
+    return _finish(spec, folder, results, tracker, dataset, stopped=stopped.is_set())
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM (how `tuner stop`, Ray's Jobs API and Kubernetes stop a job) ends the job the way
+    Ctrl-C does: Tune stops the running trials and saves its state (its handler listens on SIGUSR1
+    too), and the job then closes those trials as KILLED instead of dying with them."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _spec_params(spec: JobSpec) -> dict[str, Any]:
@@ -293,7 +373,7 @@ def _spec_params(spec: JobSpec) -> dict[str, Any]:
     return params
 
 
-def _trial_statuses(tracker, results) -> dict[str, str]:
+def _trial_statuses(tracker, results, *, stopped: bool = False) -> dict[str, str]:
     """Each trial's final status, from the journal (the record that survives driver crashes).
 
     A trial the journal saw start but not end (the driver died after Tune saved the trial's end,
@@ -312,7 +392,9 @@ def _trial_statuses(tracker, results) -> dict[str, str]:
     for trial, status in list(statuses.items()):
         if status != "RUNNING":
             continue
-        if trial not in ray_errors:
+        if stopped and ray_errors.get(trial) is None:
+            status, tags = "KILLED", {"tuner.end": "stopped: the job was stopped (SIGTERM, e.g. tuner stop)"}
+        elif trial not in ray_errors:
             status, tags = "KILLED", {"tuner.end": "lost: the driver stopped before Ray saved this trial"}
         elif ray_errors[trial] is not None:
             status, tags = "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]}
@@ -323,31 +405,33 @@ def _trial_statuses(tracker, results) -> dict[str, str]:
     return {names[trial]: status for trial, status in statuses.items()}
 
 
-def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset) -> JobResult:
+def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stopped: bool = False) -> JobResult:
     """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
     from tuner.report import rank_trials, write_report
 
     ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
-    statuses = _trial_statuses(tracker, results)
+    statuses = _trial_statuses(tracker, results, stopped=stopped)
     result = JobResult(run_folder=folder.path, tracking_uri=tracker.tracking_uri,
                        experiment_id=tracker.delivery.experiment_id, parent_run_id=tracker.delivery.parent_run_id, statuses=statuses, top=ranked[:5])
     if ranked:
         best = ranked[0]
         result.best_trial, result.best_value, result.best_config = best["trial"], best["value"], best["config"]
-    if ranked and spec.ensemble.top_k > 0:
+    if ranked and spec.ensemble.top_k > 0 and not stopped:
         from tuner.ensemble import build_ensemble
 
         result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker, dataset=dataset)
     for path in write_report(spec, results, ranked, statuses, folder.report):
         tracker.emit("artifact", path=str(path), artifact_path="report")
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
-    tags = {"tuner.status": "FINISHED" if result.succeeded else "FAILED"}
+    final = "KILLED" if stopped else "FINISHED" if result.succeeded else "FAILED"
+    tags = {"tuner.status": final}
     if result.best_trial:
         tags.update(best_trial=result.best_trial, best_config=json.dumps(result.best_config, default=str))
     tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
-    tracker.emit("parent_end", status="FINISHED" if result.succeeded else "FAILED")
+    tracker.emit("parent_end", status=final)
     result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
-    folder.write_state(status="finished" if result.succeeded else "failed", best_trial=result.best_trial,
+    result.stopped = stopped
+    folder.write_state(status=final.lower(), best_trial=result.best_trial,
                        undelivered=result.undelivered)
     return result
 

@@ -373,39 +373,57 @@ class TrackingCallback(Callback):
         self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
                           values=values)
 
-    # A trial's end is journaled at the end of Tune's step, after Tune has saved its experiment state
-    # (it does so inside the step, after callbacks ran). Journaled earlier, a driver killed in between
-    # would leave the journal saying "finished" while `Tuner.restore` runs the trial again.
+    # A trial's end is journaled only once a Tune snapshot that includes it is on disk (Tune saves
+    # its experiment state inside a step, after callbacks ran, at most every TUNE_GLOBAL_CHECKPOINT_S).
+    # Journaled earlier, a driver killed in between would leave the journal saying "finished" while
+    # `Tuner.restore` runs the trial again.
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
         finished = trial.trial_id not in self.stopped
         tags = {"tuner.end": "finished" if finished else "stopped early by the scheduler"}
-        self.ending.append(("trial_end", dict(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
-                                              tags=tags)))
+        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id,
+                                                          status="FINISHED" if finished else "KILLED", tags=tags)))
         value = result.get(self.metric)
         if _is_number(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
             self.best = value
-            self.ending.append(("parent", dict(metrics={f"best_{self.metric}": value}, tags={
+            self.ending.append((_snapshots, "parent", dict(metrics={f"best_{self.metric}": value}, tags={
                 "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         message, trace = _trial_error(trial)
         diverged = "Diverged" in message
-        self.ending.append(("trial_end", dict(trial=trial.trial_id, status="FAILED", traceback=trace,
+        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id, status="FAILED", traceback=trace,
                                               tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
                                               metrics={"diverged": 1} if diverged else {})))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        for op, fields in self.ending:
-            self.tracker.emit(op, **fields)
-        self.ending.clear()
+        self._journal_ends(everything=False)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.on_step_end(iteration=-1, trials=trials)
+        self._journal_ends(everything=True)  # after Tune's final snapshot
+
+    def _journal_ends(self, *, everything: bool) -> None:
+        keep = []
+        for queued_at, op, fields in self.ending:
+            if everything or queued_at < _snapshots:
+                self.tracker.emit(op, **fields)
+            else:
+                keep.append((queued_at, op, fields))
+        self.ending = keep
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "best": None, "stopped": set(), "ending": []}
+
+
+# How many experiment snapshots Tune has written to the run folder in this process
+# (counted by tuner.run.synchronous_snapshots).
+_snapshots = 0
+
+
+def snapshot_taken() -> None:
+    global _snapshots
+    _snapshots += 1
 
 
 def stopped_early(result: Mapping[str, Any], max_t: int | None) -> bool:

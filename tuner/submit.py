@@ -1,0 +1,151 @@
+"""Run a job on a Ray cluster through Ray's Jobs API (`ray.job_submission.JobSubmissionClient`).
+
+The cluster runs the same `tuner run` as the job's entrypoint, on the head node, so the driver
+(the job's one MLflow writer) sits next to Ray's scheduler and only the head needs to reach MLflow.
+What travels with a submission (Ray's runtime_env):
+  working_dir  a staging folder: the spec as ``spec.yaml`` and, for a user trainable, its code folder
+  py_modules   this project's packages (tuner, trainables, search_spaces)
+  env_vars     how Ray stops the job: SIGTERM, then up to STOP_WAIT_S for the driver to close the trials
+
+Authentication: with ``RAY_AUTH_MODE=token`` Ray's client sends the token from ``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``; a refused token is one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from tuner.errors import NotFoundError, UserError
+from tuner.spec import JobSpec
+
+PACKAGES = ("tuner", "trainables", "search_spaces")
+STOP_WAIT_S = 120  # after `tuner stop`, how long Ray waits for the driver to end the trials and flush
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+REMOTE_OUTPUT_DIR = "/tmp/tuner_runs"  # the default --output-dir on the head node, outside Ray's per-job folder
+
+
+def cluster_address(address: str | None, spec: JobSpec | None = None) -> str:
+    """--address, else $RAY_ADDRESS, else the spec's ray.address; the dashboard's http URL."""
+    address = address or os.environ.get("RAY_ADDRESS") or (spec.ray.address if spec else None)
+    if not address:
+        raise UserError("--address: no cluster given (pass --address http://HEAD:8265, set RAY_ADDRESS, "
+                        "or set ray.address in the spec)")
+    return address if "://" in address else f"http://{address}"
+
+
+def client(address: str):
+    """A Jobs API client, with Ray's connection and authentication errors as one-line UserErrors."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its AuthenticationError
+        raise UserError(f"--address {address}: {_first_line(exc)}") from None
+
+
+def _call(address: str, what: str, function, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except RuntimeError as exc:  # the Jobs API answers unknown ids and refusals with RuntimeError
+        message = _first_line(exc)
+        if "does not exist" in message or "not found" in message.lower():
+            raise NotFoundError(f"{what}: no such job on {address}") from None
+        raise UserError(f"{what}: {message}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _stage(spec_path: Path, spec: JobSpec, folder: Path) -> list[str]:
+    """Fill ``folder`` with what the cluster needs; return the `--set` overrides the entrypoint adds."""
+    overrides = ["ray.address=auto"]
+    raw = yaml.safe_load(spec_path.read_text())
+    if not spec.is_builtin:
+        shutil.copytree(spec.code_dir, folder, dirs_exist_ok=True,  # type: ignore[arg-type]
+                        ignore=shutil.ignore_patterns("__pycache__", ".git", "*.pyc", ".venv"))
+        overrides.append("code_dir=.")
+    if spec.data is not None and spec.data.path:  # the same absolute path must exist on the head node
+        overrides.append(f"data.path={spec.data.path}")
+    (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return overrides
+
+
+def submit(spec_path: Path, spec: JobSpec, address: str, *, overrides: list[str],
+           output_dir: str = REMOTE_OUTPUT_DIR) -> str:
+    """Submit the job; return its submission id."""
+    import shlex
+
+    jobs = client(address)
+    project = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="tuner-submit-") as staging:
+        extra = _stage(spec_path, spec, Path(staging))
+        command = ["python", "-m", "tuner.cli", "run", "spec.yaml", "--output-dir", output_dir]
+        for item in [*overrides, *extra]:
+            command += ["--set", item]
+        runtime_env = {"working_dir": staging, "py_modules": [str(project / p) for p in PACKAGES],
+                       "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGTERM", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}}
+        submission_id = f"tuner-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        return _call(address, spec.name, jobs.submit_job, entrypoint=shlex.join(command), runtime_env=runtime_env,
+                     submission_id=submission_id, metadata={"tuner.job": spec.name})
+
+
+def status(address: str, submission_id: str) -> dict[str, Any]:
+    info = _call(address, submission_id, client(address).get_job_info, submission_id)
+    return {"id": submission_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+            "message": info.message or "", "job": (info.metadata or {}).get("tuner.job", "-"),
+            "started": _when(info.start_time), "ended": _when(info.end_time), "entrypoint": info.entrypoint}
+
+
+def list_jobs(address: str) -> list[dict[str, Any]]:
+    jobs = _call(address, "list", client(address).list_jobs)
+    rows = [{"id": j.submission_id or j.job_id, "status": str(getattr(j.status, "value", j.status)),
+             "job": (j.metadata or {}).get("tuner.job", "-"), "started": _when(j.start_time),
+             "ended": _when(j.end_time)} for j in jobs]
+    return sorted(rows, key=lambda r: r["started"], reverse=True)
+
+
+def logs(address: str, submission_id: str) -> str:
+    return _call(address, submission_id, client(address).get_job_logs, submission_id)
+
+
+def follow(address: str, submission_id: str) -> Iterator[str]:
+    """The job's log as it is written, until the job ends (Ray's tail_job_logs)."""
+    jobs = client(address)
+    _call(address, submission_id, jobs.get_job_status, submission_id)  # unknown ids fail here, clearly
+    stream = jobs.tail_job_logs(submission_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(stream.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(stream.aclose())
+        loop.close()
+
+
+def wait(address: str, submission_id: str, *, poll_s: float = 1.0) -> str:
+    """Block until the job is in a terminal state; return it."""
+    while (state := status(address, submission_id)["status"]) not in TERMINAL:
+        time.sleep(poll_s)
+    return state
+
+
+def stop(address: str, submission_id: str) -> bool:
+    """Ask Ray to stop the job (SIGTERM to `tuner run`, which ends the trials as KILLED)."""
+    return bool(_call(address, submission_id, client(address).stop_job, submission_id))
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
