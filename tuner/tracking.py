@@ -352,7 +352,10 @@ class TrackingCallback(Callback):
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.best: float | None = None
         self.stopped: set[str] = set()
-        self.ending: list[tuple[str, dict[str, Any]]] = []
+        # Events held back until a Tune snapshot covers them (see _journal): a started trial's events
+        # by trial id, and trial ends; each with the snapshot count when it was queued.
+        self.starting: dict[str, tuple[int, list[tuple[str, dict[str, Any]]]]] = {}
+        self.ending: list[tuple[int, str, dict[str, Any]]] = []
 
     @property
     def tracker(self) -> Tracker:
@@ -362,21 +365,26 @@ class TrackingCallback(Callback):
     def setup(self, **info: Any) -> None:
         self.tracker  # start the writer before the first trial  # noqa: B018
 
+    # The journal follows Tune's snapshots (Tune saves its experiment state inside a step, after the
+    # callbacks ran, at most every TUNE_GLOBAL_CHECKPOINT_S): a trial's start, and its results until
+    # then, are journaled once a snapshot that knows the trial is on disk; its end once a snapshot
+    # that knows the end is. Journaled earlier, a driver killed in between would leave the journal
+    # with a trial `Tuner.restore` never heard of (an extra child run), or saying "finished" while
+    # `Tuner.restore` runs the trial again.
+
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
-        self.tracker.emit("trial_start", trial=trial.trial_id, name=trial_name(trial),
-                          params=_flat(trial.config))
+        self.starting[trial.trial_id] = (_snapshots, [("trial_start", dict(
+            trial=trial.trial_id, name=trial_name(trial), params=_flat(trial.config)))])
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
-        self.tracker.emit("metrics", trial=trial.trial_id, step=int(result.get("training_iteration", 0)),
-                          values=values)
-
-    # A trial's end is journaled only once a Tune snapshot that includes it is on disk (Tune saves
-    # its experiment state inside a step, after callbacks ran, at most every TUNE_GLOBAL_CHECKPOINT_S).
-    # Journaled earlier, a driver killed in between would leave the journal saying "finished" while
-    # `Tuner.restore` runs the trial again.
+        event = dict(trial=trial.trial_id, step=int(result.get("training_iteration", 0)), values=values)
+        if trial.trial_id in self.starting:
+            self.starting[trial.trial_id][1].append(("metrics", event))
+        else:
+            self.tracker.emit("metrics", **event)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         result = trial.last_result or {}
@@ -398,12 +406,18 @@ class TrackingCallback(Callback):
                                               metrics={"diverged": 1} if diverged else {})))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self._journal_ends(everything=False)
+        self._journal(everything=False)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._journal_ends(everything=True)  # after Tune's final snapshot
+        self._journal(everything=True)  # after Tune's final snapshot
 
-    def _journal_ends(self, *, everything: bool) -> None:
+    def _journal(self, *, everything: bool) -> None:
+        """Journal what a snapshot written since it was queued now covers (all of it at the end)."""
+        for trial_id, (queued_at, events) in list(self.starting.items()):
+            if everything or queued_at < _snapshots:
+                for op, fields in events:
+                    self.tracker.emit(op, **fields)
+                del self.starting[trial_id]
         keep = []
         for queued_at, op, fields in self.ending:
             if everything or queued_at < _snapshots:
@@ -413,7 +427,7 @@ class TrackingCallback(Callback):
         self.ending = keep
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "best": None, "stopped": set(), "ending": []}
+        return {**self.__dict__, "best": None, "stopped": set(), "starting": {}, "ending": []}
 
 
 # How many experiment snapshots Tune has written to the run folder in this process
