@@ -144,10 +144,26 @@ def _measure(arms: dict[str, Callable[[Path], float]], reps: int) -> dict[str, l
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workloads", default="sleep,long,digits", help="comma-separated: sleep, long, digits")
     args = parser.parse_args(argv)
+    workloads = set(args.workloads.split(","))
     start_ray()
     rows: list[dict[str, Any]] = []
+    if "sleep" in workloads:
+        rows += _sleep_workload(args.reps)
+    if "long" in workloads:
+        rows += _long_workload(args.reps)
+    if "digits" in workloads:
+        rows += _digits_workload(args.reps)
+    table(rows, ["workload", "arm", "wall_s", "ideal_s", "of_ideal", "vs_ray_tune_mlflow", "logging_overhead"],
+          f"orchestration overhead (median of {args.reps}, {CONCURRENCY} trials at a time)")
+    partial = workloads != {"sleep", "long", "digits"}
+    save("overhead-" + "-".join(sorted(workloads)) if partial else "overhead", rows, reps=args.reps)
+    return rows
 
+
+def _sleep_workload(reps: int) -> list[dict[str, Any]]:
+    rows = []
     sleep = _sleep_spec("sleep-0.05s", 16, 20, 0.05)
     ideal = 16 * 20 * 0.05 / CONCURRENCY
     times = _measure({
@@ -156,27 +172,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "ray tune": lambda tmp: plain_ray_tune(sleep, tmp, mlflow=False),
         "ray tune + mlflow": lambda tmp: plain_ray_tune(sleep, tmp, mlflow=True),
         "optuna + mlflow": lambda tmp: plain_optuna(sleep, tmp),
-    }, args.reps)
+    }, reps)
     reference = median(times["ray tune + mlflow"])
     for arm, values in times.items():
         rows.append({"workload": "sleep-0.05s", "arm": arm, "wall_s": median(values), "runs": values, "ideal_s": ideal,
                      "of_ideal": ideal / median(values), "vs_ray_tune_mlflow": median(values) / reference})
+    return rows
 
+
+def _long_workload(reps: int) -> list[dict[str, Any]]:
+    rows = []
     long = _sleep_spec("sleep-2s", 16, 4, 0.5)
     ideal = 16 * 4 * 0.5 / CONCURRENCY
     times = _measure({"service": lambda tmp: service(long, tmp),
-                      "ray tune": lambda tmp: plain_ray_tune(long, tmp, mlflow=False)}, args.reps)
+                      "ray tune": lambda tmp: plain_ray_tune(long, tmp, mlflow=False)}, reps)
     for arm, values in times.items():
         rows.append({"workload": "sleep-2s", "arm": arm, "wall_s": median(values), "runs": values, "ideal_s": ideal,
                      "of_ideal": ideal / median(values)})
+    return rows
 
+
+def _digits_workload(reps: int) -> list[dict[str, Any]]:
+    rows = []
     from trainables.data import load_dataset
     from tuner.spec import load_spec
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
     dataset = load_dataset(demo.data.model_dump())
     times = _measure({"tracking on": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=True),
-                      "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)}, args.reps)
+                      "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)}, reps)
     off = median(times["tracking off"])
     for arm, values in times.items():
         rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median(values), "runs": values,
@@ -184,10 +208,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
             load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
-
-    table(rows, ["workload", "arm", "wall_s", "ideal_s", "of_ideal", "vs_ray_tune_mlflow", "logging_overhead"],
-          f"orchestration overhead (median of {args.reps}, {CONCURRENCY} trials at a time)")
-    save("overhead", rows, reps=args.reps)
     return rows
 
 

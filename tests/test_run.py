@@ -7,12 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import DATA, ROOT, small_spec
+from tests.conftest import DATA, small_spec
 from tests.conftest import children as _children
 from tuner.run import run_job
 from tuner.spec import spec_from_mapping

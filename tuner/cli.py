@@ -346,15 +346,17 @@ AddressOption = typer.Option(None, "--address", help="The cluster's dashboard, h
 def submit(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List[str] = SetOption,
            address: Optional[str] = AddressOption,
            wait: bool = typer.Option(False, "--wait", help="Follow the job's log; exit 0 only if it SUCCEEDED."),
-           remote_output_dir: str = typer.Option("/tmp/tuner_runs", "--remote-output-dir",
-                                                 help="The job's --output-dir on the head node.")) -> None:
+           remote_output_dir: Optional[str] = typer.Option(None, "--remote-output-dir",
+                                                           help="The job's --output-dir on the head node "
+                                                                "[default: /tmp/tuner_runs].")) -> None:
     """Run a job on a Ray cluster (Ray's Jobs API); print its submission id."""
     from tuner import submit as cluster
     from tuner.spec import load_spec
 
     job = load_spec(spec, overrides=set)
     where = cluster.cluster_address(address, job)
-    submission_id = cluster.submit(spec, job, where, overrides=set, output_dir=remote_output_dir)
+    submission_id = cluster.submit(spec, job, where, overrides=set,
+                                   output_dir=remote_output_dir or cluster.REMOTE_OUTPUT_DIR)
     out.print(submission_id)
     if not wait:
         err.print(f"follow it: tuner logs {submission_id} --follow --address {where}")
