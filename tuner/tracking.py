@@ -42,7 +42,6 @@ RAY_RESULT_KEYS = frozenset({
 })
 _RETRY_WAIT_S = (1, 2, 4, 8)  # waits between delivery attempts while the server is away
 _FLUSH_S = 2.0  # the writer delivers what accumulated this often
-_WRITER_NICE = 10  # the writer thread's nice value: below the trials' priority
 
 # Keep MLflow's own HTTP retries short: the journal already buffers, and a long retry inside one
 # call would hold up every later event.
@@ -309,13 +308,7 @@ class Tracker:
 
     def _run(self) -> None:
         # Deliver every _FLUSH_S, not on every event: fewer, larger batches cost the trials (which
-        # share the machine's cores with this thread) much less than one call per event. And deliver
-        # at a lower CPU priority (Linux threads have their own nice value): when the cores are busy
-        # with trials the journal waits; `close` delivers the rest at normal priority.
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _WRITER_NICE)
-        except (AttributeError, OSError) as exc:  # not Linux: deliver at the process's priority
-            log.debug("tracking writer keeps the process's priority (%s)", exc)
+        # share the machine's cores with this thread) much less than one call per event.
         while not self._stop.wait(_FLUSH_S):
             if not self._deliver_once():
                 self._stop.wait(_RETRY_WAIT_S[min(self._failures, len(_RETRY_WAIT_S)) - 1])
