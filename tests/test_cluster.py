@@ -209,3 +209,14 @@ def test_logs_follow_streams_and_stop_ends_running_trials_as_killed(cluster, tmp
     assert runs and all(r.info.status in ("FINISHED", "KILLED") for r in runs)
     killed = [r for r in runs if r.info.status == "KILLED"]
     assert killed and all(r.data.tags["tuner.end"].startswith("stopped") for r in killed)
+
+
+def test_submit_without_a_usable_address_is_one_line_exit_2(tmp_path):
+    """No cluster needed: the address is checked before anything is sent."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    spec = ROOT / "examples" / "digits-mlp.yaml"
+    for extra, expected in ([], "--address: no cluster given"), (["--set", "ray.address=auto"], "--address: 'auto'"):
+        done = subprocess.run([*TUNER, "submit", str(spec), *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.startswith(f"error: {expected}"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

@@ -38,6 +38,9 @@ def cluster_address(address: str | None, spec: JobSpec | None = None) -> str:
     if not address:
         raise UserError("--address: no cluster given (pass --address http://HEAD:8265, set RAY_ADDRESS, "
                         "or set ray.address in the spec)")
+    if address == "auto":
+        raise UserError("--address: 'auto' joins a cluster from one of its nodes (tuner run); tuner submit needs "
+                        "the cluster's dashboard, http://HEAD:8265")
     return address if "://" in address else f"http://{address}"
 
 
