@@ -16,7 +16,6 @@ Arms:
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -103,10 +102,9 @@ def plain_optuna(spec, tmp: Path) -> float:
     import mlflow
     import optuna
 
+    from tuner.tracking import fluent_tracking_uri
+
     fixed = spec.fixed
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'optuna.db'}")  # also sets $MLFLOW_TRACKING_URI: restored below
-    mlflow.set_experiment("plain-optuna")
 
     def objective(trial: optuna.Trial) -> float:
         x = trial.suggest_float("x", 0.0, 1.0)
@@ -124,10 +122,11 @@ def plain_optuna(spec, tmp: Path) -> float:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    with Timer() as t:
-        study.optimize(objective, n_trials=spec.search.num_samples, n_jobs=CONCURRENCY, callbacks=[log_trial])
-    mlflow.set_tracking_uri(None)
-    os.environ.pop("MLFLOW_TRACKING_URI", None) if saved is None else os.environ.update(MLFLOW_TRACKING_URI=saved)
+    # mlflow.set_tracking_uri, as users write it, also sets $MLFLOW_TRACKING_URI: restored after the arm.
+    with fluent_tracking_uri(f"sqlite:///{tmp / 'optuna.db'}"):
+        mlflow.set_experiment("plain-optuna")
+        with Timer() as t:
+            study.optimize(objective, n_trials=spec.search.num_samples, n_jobs=CONCURRENCY, callbacks=[log_trial])
     return t.seconds
 
 

@@ -4,7 +4,7 @@ No Docker engine runs here, so the test reads compose.yaml, fills in its ${VAR:-
 with loopback addresses and free ports (as `docker compose` fills them from the environment), and
 runs the services' command lines as local processes, each in its own process group: the Ray head,
 a Ray worker, `mlflow server` on a throwaway PostgreSQL database, and the submitter (`tuner submit
---wait`). Everything is stopped by its own process group at the end; never `ray stop` or pkill.
+--wait`). Everything is stopped at the end through its own process group, by process id.
 """
 
 from __future__ import annotations

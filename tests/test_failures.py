@@ -20,12 +20,17 @@ def _spec(trainable: str, fixed: dict, *, num_samples: int, max_failures: int = 
         "trial": {"max_failures": max_failures}, "fixed": fixed, "ensemble": {"top_k": 0}})
 
 
-def test_max_failures_retries_a_dead_worker_from_its_last_checkpoint(ray_session, tmp_path):
+def _run_flaky(tmp_path, *, die_after: int, max_failures: int):
+    """One 5-epoch trial whose worker kills itself after ``die_after`` epochs the first time; (result, marker dir)."""
     marker_dir = tmp_path / "markers"
     marker_dir.mkdir()
-    spec = _spec("flaky_trainable:train", {"epochs": 5, "die_after": 3, "marker_dir": str(marker_dir)},
-                 num_samples=1, max_failures=1, values=[0.5])
-    result = run_job(spec, output_root=tmp_path / "runs")
+    spec = _spec("flaky_trainable:train", {"epochs": 5, "die_after": die_after, "marker_dir": str(marker_dir)},
+                 num_samples=1, max_failures=max_failures, values=[0.5])
+    return run_job(spec, output_root=tmp_path / "runs"), marker_dir
+
+
+def test_max_failures_retries_a_dead_worker_from_its_last_checkpoint(ray_session, tmp_path):
+    result, marker_dir = _run_flaky(tmp_path, die_after=3, max_failures=1)
     assert list(marker_dir.iterdir()), "the worker never died: the test proves nothing"
     assert result.statuses == {"trial-001": "FINISHED"}
     client, _, (child,) = children(result.tracking_uri, result.parent_run_id)  # one run, not one per attempt
@@ -36,11 +41,7 @@ def test_max_failures_retries_a_dead_worker_from_its_last_checkpoint(ray_session
 
 
 def test_without_retries_a_dead_worker_fails_the_trial(ray_session, tmp_path):
-    marker_dir = tmp_path / "markers"
-    marker_dir.mkdir()
-    spec = _spec("flaky_trainable:train", {"epochs": 5, "die_after": 2, "marker_dir": str(marker_dir)},
-                 num_samples=1, max_failures=0, values=[0.5])
-    result = run_job(spec, output_root=tmp_path / "runs")
+    result, _ = _run_flaky(tmp_path, die_after=2, max_failures=0)
     assert result.statuses == {"trial-001": "FAILED"} and not result.succeeded
     _, parent, (child,) = children(result.tracking_uri, result.parent_run_id)
     assert child.info.status == "FAILED" and child.data.tags["error"]

@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import typer
 from rich.console import Console
@@ -164,6 +164,8 @@ def _ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
 
 
 def _print_result(result: Any, job: Any) -> None:
+    from tuner.progress import config_text, fmt
+
     counts = {s: sum(1 for v in result.statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
     out.print(f"{job.name}: {len(result.statuses)} trials: {counts['FINISHED']} finished, "
               f"{counts['KILLED']} stopped early, {counts['FAILED']} failed"
@@ -177,12 +179,12 @@ def _print_result(result: Any, job: Any) -> None:
             table.add_column(key)
         for row in result.top:
             table.add_row(row["trial"], f"{row['value']:.4f}", str(row["epochs"]),
-                          *[_fmt(row["config"].get(k)) for k in job.space])
+                          *[fmt(row["config"].get(k)) for k in job.space])
         out.print(table)
     if result.best_trial:
         out.print(f"best trial: {result.best_trial}  {job.metric}={result.best_value:.4f}")
         searched = {k: result.best_config.get(k) for k in job.space}
-        out.print("best config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in searched.items()))
+        out.print("best config: " + config_text(searched))
     if result.ensemble:
         e = result.ensemble
         where = e["model_uri"] or f"{e.get('model_dir')} (not logged to MLflow)"
@@ -196,10 +198,6 @@ def _print_result(result: Any, job: Any) -> None:
     if result.undelivered:
         err.print(f"{result.undelivered} tracking events were not delivered to {result.tracking_uri}; they are kept "
                   f"in {result.run_folder}/tracking: run `tuner sync {result.run_folder}` once the server is back")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow store; default $MLFLOW_TRACKING_URI, "
@@ -361,8 +359,7 @@ def submit(spec: Path = typer.Argument(..., help="The job's YAML file."), set: L
     if not wait:
         err.print(f"follow it: tuner logs {submission_id} --follow --address {where}")
         return
-    for chunk in cluster.follow(where, submission_id):
-        out.out(chunk, end="", highlight=False)
+    _print_log(cluster.follow(where, submission_id))
     state = cluster.wait(where, submission_id)
     err.print(f"{submission_id}: {state}")
     raise typer.Exit(0 if state == "SUCCEEDED" else 1)
@@ -390,11 +387,13 @@ def logs(submission_id: str = typer.Argument(..., help="A submission id from tun
     from tuner import submit as cluster
 
     where = cluster.cluster_address(address)
-    if follow:
-        for chunk in cluster.follow(where, submission_id):
-            out.out(chunk, end="", highlight=False)
-    else:
-        out.out(cluster.logs(where, submission_id), end="", highlight=False)
+    _print_log(cluster.follow(where, submission_id) if follow else [cluster.logs(where, submission_id)])
+
+
+def _print_log(chunks: Iterable[str]) -> None:
+    """A job's log as Ray gives it: text with its own newlines, no markup."""
+    for chunk in chunks:
+        out.out(chunk, end="", highlight=False)
 
 
 @app.command()

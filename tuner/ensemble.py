@@ -12,13 +12,11 @@ since only the user's code knows how to rebuild their networks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import mlflow.pyfunc
@@ -26,6 +24,7 @@ import numpy as np
 
 from trainables.pyfunc import EnsembleModel
 from tuner.spec import JobSpec
+from tuner.tracking import fluent_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -114,22 +113,6 @@ def save_ensemble_model(model_dir: Path, members: list[dict[str, Any]], dataset)
     mlflow.pyfunc.save_model(path=str(model_dir), **_model_kwargs(staging))
 
 
-@contextlib.contextmanager
-def _fluent_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at ``uri`` for a block; `mlflow.set_tracking_uri` also sets
-    $MLFLOW_TRACKING_URI, which would send the process's next job to this job's store."""
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(None)
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
-
-
 def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tracker) -> str | None:
     """Log the saved model on the parent run as a LoggedModel; register it under the job's name."""
     from mlflow.exceptions import MlflowException
@@ -139,7 +122,7 @@ def _log_model(model_dir: Path, members: list[dict[str, Any]], spec: JobSpec, tr
     run_id = tracker.delivery.parent_run_id
     # MLflow resolves the version's `models:/` source through the fluent tracking URI, so the
     # registration stays inside the block too.
-    with _fluent_tracking_uri(tracker.tracking_uri):
+    with fluent_tracking_uri(tracker.tracking_uri):
         try:
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging))

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from tuner.tracking import stopped_early, trial_name
+from tuner.tracking import improves, stopped_early, trial_name
 
 
 class ProgressCallback(Callback):
@@ -54,7 +54,7 @@ class ProgressCallback(Callback):
                 f"{c['failed']} failed), {len(self.running)} running")
         if self.best:
             value, name, config = self.best
-            line += f"; best {self.metric} {value:.4g} ({name}: {_config_text(config)})"
+            line += f"; best {self.metric} {value:.4g} ({name}: {config_text(config)})"
         return line
 
     def _line(self) -> str:
@@ -103,8 +103,7 @@ class ProgressCallback(Callback):
         if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
         value = result.get(self.metric)
-        if isinstance(value, (int, float)) and (
-                self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])):
+        if improves(value, self.best[0] if self.best else None, self.mode):
             self.best = (float(value), trial_name(trial), {k: trial.config.get(k) for k in self.searched})
         if self._bar is not None:
             eta = self.eta_s()
@@ -145,5 +144,10 @@ def _clock(seconds: float | None) -> str:
         f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _config_text(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+def fmt(value: Any) -> str:
+    """A config value as the terminal shows it: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in config.items())

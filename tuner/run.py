@@ -412,7 +412,8 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stop
     ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
     statuses = _trial_statuses(tracker, results, stopped=stopped)
     result = JobResult(run_folder=folder.path, tracking_uri=tracker.tracking_uri,
-                       experiment_id=tracker.delivery.experiment_id, parent_run_id=tracker.delivery.parent_run_id, statuses=statuses, top=ranked[:5])
+                       experiment_id=tracker.delivery.experiment_id, parent_run_id=tracker.delivery.parent_run_id,
+                       statuses=statuses, top=ranked[:5], stopped=stopped)
     if ranked:
         best = ranked[0]
         result.best_trial, result.best_value, result.best_config = best["trial"], best["value"], best["config"]
@@ -430,7 +431,6 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stop
     tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
     tracker.emit("parent_end", status=final)
     result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
-    result.stopped = stopped
     folder.write_state(status=final.lower(), best_trial=result.best_trial,
                        undelivered=result.undelivered)
     return result

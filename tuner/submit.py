@@ -102,18 +102,20 @@ def submit(spec_path: Path, spec: JobSpec, address: str, *, overrides: list[str]
                      submission_id=submission_id, metadata={"tuner.job": spec.name})
 
 
-def status(address: str, submission_id: str) -> dict[str, Any]:
-    info = _call(address, submission_id, client(address).get_job_info, submission_id)
-    return {"id": submission_id, "status": str(info.status.value if hasattr(info.status, "value") else info.status),
+def _row(info, submission_id: str) -> dict[str, Any]:
+    """A job's JobInfo / JobDetails as the terminal shows it."""
+    return {"id": submission_id, "status": str(getattr(info.status, "value", info.status)),
             "message": info.message or "", "job": (info.metadata or {}).get("tuner.job", "-"),
-            "started": _when(info.start_time), "ended": _when(info.end_time), "entrypoint": info.entrypoint}
+            "started": _when(info.start_time), "ended": _when(info.end_time)}
+
+
+def status(address: str, submission_id: str, jobs=None) -> dict[str, Any]:
+    jobs = jobs or client(address)
+    return _row(_call(address, submission_id, jobs.get_job_info, submission_id), submission_id)
 
 
 def list_jobs(address: str) -> list[dict[str, Any]]:
-    jobs = _call(address, "list", client(address).list_jobs)
-    rows = [{"id": j.submission_id or j.job_id, "status": str(getattr(j.status, "value", j.status)),
-             "job": (j.metadata or {}).get("tuner.job", "-"), "started": _when(j.start_time),
-             "ended": _when(j.end_time)} for j in jobs]
+    rows = [_row(j, j.submission_id or j.job_id) for j in _call(address, "list", client(address).list_jobs)]
     return sorted(rows, key=lambda r: r["started"], reverse=True)
 
 
@@ -140,7 +142,8 @@ def follow(address: str, submission_id: str) -> Iterator[str]:
 
 def wait(address: str, submission_id: str, *, poll_s: float = 1.0) -> str:
     """Block until the job is in a terminal state; return it."""
-    while (state := status(address, submission_id)["status"]) not in TERMINAL:
+    jobs = client(address)
+    while (state := status(address, submission_id, jobs)["status"]) not in TERMINAL:
         time.sleep(poll_s)
     return state
 

@@ -17,13 +17,14 @@ Credentials for a secured server come from MLflow's own environment variables
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ray.tune import Callback
 
@@ -98,6 +99,24 @@ def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, param
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     client.log_batch(run.info.run_id, tags=[RunTag("tuner.status", "RUNNING")])
     return experiment_id, run.info.run_id
+
+
+@contextlib.contextmanager
+def fluent_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at ``uri`` for a block; `mlflow.set_tracking_uri` also sets
+    $MLFLOW_TRACKING_URI, which would send the process's next job to this job's store."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 # ------------------------------------------------------------------------------------------ journal
@@ -393,7 +412,7 @@ class TrackingCallback(Callback):
         self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id,
                                                           status="FINISHED" if finished else "KILLED", tags=tags)))
         value = result.get(self.metric)
-        if _is_number(value) and (self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+        if improves(value, self.best, self.mode):
             self.best = value
             self.ending.append((_snapshots, "parent", dict(metrics={f"best_{self.metric}": value}, tags={
                 "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})))
@@ -438,6 +457,11 @@ _snapshots = 0
 def snapshot_taken() -> None:
     global _snapshots
     _snapshots += 1
+
+
+def improves(value: Any, best: float | None, mode: str) -> bool:
+    """Whether a reported ``value`` beats ``best`` (None: nothing yet) in direction ``mode``."""
+    return _is_number(value) and (best is None or (value < best if mode == "min" else value > best))
 
 
 def stopped_early(result: Mapping[str, Any], max_t: int | None) -> bool:
