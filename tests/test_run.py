@@ -69,6 +69,12 @@ def test_twelve_trials_some_fail_some_stopped_by_asha(ray_session, tmp_path):
     assert len(client.get_metric_history(finished.info.run_id, "score")) == 6
     assert parent.data.metrics["trials_failed"] == statuses.count("FAILED")
     assert "best_score" in parent.data.metrics and json.loads(parent.data.tags["best_config"])["x"] <= 0.75
+    # best so far against trials ended: one point per improvement, each at its own step (MLflow copies
+    # a run's metrics at a step to a model logged on it, and refuses two points at the same step and time)
+    best = client.get_metric_history(parent.info.run_id, "best_score")
+    steps, values = [m.step for m in best], [m.value for m in best]
+    assert steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= 12, steps
+    assert values == sorted(values, reverse=True) and len(set(values)) == len(values), values
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/trials.csv", "report/optimization_history.png", "report/parallel_coordinate.png",
             "report/param_importances.png"} <= report

@@ -301,7 +301,8 @@ class Tracker:
         return cls._open[folder]
 
     def emit(self, op: str, **fields: Any) -> None:
-        self.journal.append({"op": op, "time": int(time.time() * 1000), **fields})
+        """Journal one event; ``time`` (ms) defaults to now."""
+        self.journal.append({"op": op, "time": _now_ms(), **fields})
 
     def _deliver_once(self) -> bool:
         """Try to deliver everything pending; True when nothing is left."""
@@ -399,7 +400,7 @@ class TrackingCallback(Callback):
         if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
-        event = dict(trial=trial.trial_id, step=int(result.get("training_iteration", 0)), values=values)
+        event = dict(trial=trial.trial_id, step=int(result.get("training_iteration", 0)), values=values, time=_now_ms())
         if trial.trial_id in self.starting:
             self.starting[trial.trial_id][1].append(("metrics", event))
         else:
@@ -409,20 +410,28 @@ class TrackingCallback(Callback):
         result = trial.last_result or {}
         finished = trial.trial_id not in self.stopped
         tags = {"tuner.end": "finished" if finished else "stopped early by the scheduler"}
-        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id,
+        now = _now_ms()
+        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id, time=now,
                                                           status="FINISHED" if finished else "KILLED", tags=tags)))
         value = result.get(self.metric)
         if improves(value, self.best, self.mode):
             self.best = value
-            self.ending.append((_snapshots, "parent", dict(metrics={f"best_{self.metric}": value}, tags={
-                "best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)})))
+            # Step: how many trials have ended, so the parent's chart is "best so far against trials",
+            # and no two points share (key, time, step): MLflow copies a run's step-0 metrics to a
+            # model logged on it and refuses duplicates (the ensemble went unlogged when two
+            # improvements were journaled in the same millisecond at step 0).
+            ended = sum(1 for t in trials if t is trial or t.is_finished())
+            tags = {"best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)}
+            self.ending.append((_snapshots, "parent", dict(time=now, step=ended, tags=tags,
+                                                           metrics={f"best_{self.metric}": value})))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         message, trace = _trial_error(trial)
         diverged = "Diverged" in message
-        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id, status="FAILED", traceback=trace,
-                                              tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                                              metrics={"diverged": 1} if diverged else {})))
+        tags = {"tuner.end": "diverged" if diverged else "failed", "error": message}
+        self.ending.append((_snapshots, "trial_end", dict(trial=trial.trial_id, time=_now_ms(), status="FAILED",
+                                                          traceback=trace, tags=tags,
+                                                          metrics={"diverged": 1} if diverged else {})))
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._journal(everything=False)
@@ -457,6 +466,10 @@ _snapshots = 0
 def snapshot_taken() -> None:
     global _snapshots
     _snapshots += 1
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def improves(value: Any, best: float | None, mode: str) -> bool:
