@@ -73,4 +73,9 @@ def test_journal_ignores_a_line_cut_short_by_a_crash(tmp_path: Path):
     journal.close()
     with open(tmp_path / "events.jsonl", "a") as f:
         f.write('{"op": "metr')
-    assert len(Journal(tmp_path).events) == 1
+    again = Journal(tmp_path)
+    assert len(again.events) == 1
+    # The next event (a resumed job's) does not run into the cut line: it is cut off first.
+    again.append({"op": "metrics", "trial": "a", "step": 2, "time": 0, "values": {"x": 2}})
+    again.close()
+    assert [e["step"] for e in Journal(tmp_path).events] == [1, 2]

@@ -131,12 +131,13 @@ class Journal:
         self.delivered_path = folder / "delivered"
         self.events: list[dict[str, Any]] = []
         if self.events_path.exists():
-            for line in self.events_path.read_text().splitlines():
-                if line.strip():
-                    try:
-                        self.events.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break  # a line cut short by a crash: nothing after it was written
+            data = self.events_path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) < len(data):
+                # A line a crash cut short: cut it off, or the next event (a resumed job's) would run into it.
+                with open(self.events_path, "r+b") as f:
+                    f.truncate(len(complete))
+            self.events = [json.loads(line) for line in complete.splitlines() if line.strip()]
         self.delivered = int(self.delivered_path.read_text()) if self.delivered_path.exists() else 0
         self._file = open(self.events_path, "a")
         self._lock = threading.Lock()
