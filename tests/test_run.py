@@ -39,6 +39,9 @@ def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm, mon
     assert parent.info.status == "FINISHED" and parent.data.params["algorithm"] == algorithm
     history = client.get_metric_history(children[0].info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
+    # No row per epoch for what the step already says (epoch) or what never changes (init_loss).
+    assert "epoch" not in children[0].data.metrics
+    assert [m.step for m in client.get_metric_history(children[0].info.run_id, "init_loss")] == [1]
     assert parent.data.metrics["best_val_loss"] == pytest.approx(result.best_value)
     assert parent.data.tags["check.overfits one batch"].startswith("pass")  # the sanity checks' results
     assert len([k for k in parent.data.tags if k.startswith("check.")]) == 3

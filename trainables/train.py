@@ -4,8 +4,9 @@
 to a `report` function. `builtin_trainable` is the Ray Tune function trainable that reports through
 `ray.tune.report`; `tuner train` and `tuner check` call `fit` directly.
 
-Each epoch reports: epoch, train_loss, val_loss, val_acc, lr (the rate used in that epoch),
-grad_norm (mean global gradient norm before clipping) and init_loss (val loss before training).
+Each epoch reports: epoch, train_loss, val_loss, val_acc, lr (the rate used in that epoch) and
+grad_norm (mean global gradient norm before clipping); the first also init_loss (val loss before
+training, a constant).
 A checkpoint holds model.pt, state.pt (optimizer, schedule, epoch) and the best epoch's class
 probabilities on validation and test (val_probs.npy, test_probs.npy) for the ensemble.
 """
@@ -122,8 +123,9 @@ def fit(config: Mapping[str, Any], dataset: Dataset, *, report: Report, restore:
             "val_acc": float((val_probs.argmax(1) == y_val).float().mean()),
             "lr": lr,
             "grad_norm": float(np.mean(norms)),
-            "init_loss": init_loss,
         }
+        if epoch == start_epoch:  # a constant: reported once, with the trial's first epoch (or a restart's)
+            metrics["init_loss"] = init_loss
         score = sign * metrics.get(config["metric"], val_loss)
         with tempfile.TemporaryDirectory(prefix="tuner-ckpt-") as folder:
             checkpoint = None

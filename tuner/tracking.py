@@ -400,8 +400,11 @@ class TrackingCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
+        step = int(result.get("training_iteration", 0))
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
-        event = dict(trial=trial.trial_id, step=int(result.get("training_iteration", 0)), values=values, time=_now_ms())
+        if values.get("epoch") == step:
+            del values["epoch"]  # the step is the epoch: a second, diagonal chart of it costs the writer a row per epoch
+        event = dict(trial=trial.trial_id, step=step, values=values, time=_now_ms())
         if trial.trial_id in self.starting:
             self.starting[trial.trial_id][1].append(("metrics", event))
         else:
