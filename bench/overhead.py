@@ -4,6 +4,7 @@ Workloads (2 trials at a time, the machine's 2 cores):
   sleep-0.05s  16 trials x 20 epochs x 0.05 s: ideal 16 * 20 * 0.05 / 2 = 8 s
   sleep-2s     16 trials x 4 epochs x 0.5 s (2-second trials): ideal 16 s
   digits       the demo job (16 TPE trials of the MLP on digits), tracking on vs off: what logging costs
+               (at least 9 pairs of runs: the median of the pairs' ratios)
 
 Arms:
   service              `tuner run` in-process (run_job): every trial and epoch in MLflow, report, plots
@@ -214,12 +215,17 @@ def _digits_workload(reps: int) -> list[dict[str, Any]]:
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
     dataset = load_dataset(demo.data.model_dump())
+    # The effect (a few tenths of a second) is smaller than the drift between 12-second runs on a
+    # shared machine, so runs are paired: each "on" run with the "off" run right after it. The
+    # overhead is the median of the pairs' ratios; their spread is kept too.
     times, warmup = _measure({"tracking on": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=True),
-                      "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)}, reps)
-    off = median(times["tracking off"])
+                              "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)},
+                             max(reps, 9))
+    ratios = sorted(on / off - 1 for on, off in zip(times["tracking on"], times["tracking off"]))
     for arm, values in times.items():
         rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median(values), "runs": values,
-                     "warmup_s": warmup[arm], "logging_overhead": median(values) / off - 1})
+                     "warmup_s": warmup[arm]})
+    rows[-2].update(logging_overhead=median(ratios), pair_overheads=ratios)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
             load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
