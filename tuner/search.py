@@ -15,7 +15,10 @@ from search_spaces import to_optuna
 from tuner.spec import JobSpec
 
 SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
+    # Multivariate TPE models the knobs jointly (lr and optimizer, lr and batchnorm interact); the
+    # constant liar keeps trials that run at the same time from being sent to the same spot, which
+    # Optuna recommends for parallel workers (bench/search_quality.py: BENCHMARKS.md section 2).
+    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
     "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
 }
 

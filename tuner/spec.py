@@ -70,7 +70,7 @@ class SchedulerSpec(_Section):
     name: Literal["fifo", "asha"] = "fifo"  # run every trial to the end, or stop poor ones early
     grace_period: int = Field(1, ge=1)  # asha: epochs every trial gets before it can be stopped
     max_t: int | None = Field(None, ge=1)  # asha: the most epochs a trial gets (default: trial.epochs)
-    reduction_factor: float = Field(3.0, gt=1)  # asha: keep 1/reduction_factor of trials at each rung
+    reduction_factor: float = Field(4.0, gt=1)  # asha: keep 1/reduction_factor of trials at each rung (Ray's default)
 
 
 class ResourcesSpec(_Section):
