@@ -402,8 +402,8 @@ class TrackingCallback(Callback):
             self.stopped.add(trial.trial_id)
         step = int(result.get("training_iteration", 0))
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
-        if values.get("epoch") == step:
-            del values["epoch"]  # the step is the epoch: a second, diagonal chart of it costs the writer a row per epoch
+        if values.get("epoch") == step:  # the step already says it; a row per epoch costs the writer
+            del values["epoch"]
         event = dict(trial=trial.trial_id, step=step, values=values, time=_now_ms())
         if trial.trial_id in self.starting:
             self.starting[trial.trial_id][1].append(("metrics", event))
@@ -425,8 +425,8 @@ class TrackingCallback(Callback):
             # model logged on it and refuses duplicates (the ensemble went unlogged when two
             # improvements were journaled in the same millisecond at step 0).
             ended = sum(1 for t in trials if t is trial or t.is_finished())
-            tags = {"best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)}
-            self.ending.append((_snapshots, "parent", dict(time=now, step=ended, tags=tags,
+            best = {"best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)}
+            self.ending.append((_snapshots, "parent", dict(time=now, step=ended, tags=best,
                                                            metrics={f"best_{self.metric}": value})))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
