@@ -139,15 +139,15 @@ def _measure(arms: dict[str, Callable[[Path], float]], reps: int) -> tuple[dict[
     their imports; about 4 s here), and without it whichever arm runs first carries them in one of its
     runs, which moves its median up (a median of 3 with one cold run is the slower of the two warm ones).
     """
-    warmup = {}
-    for name, arm in arms.items():
+    def once(arm: Callable[[Path], float]) -> float:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            warmup[name] = arm(Path(tmp))
+            return arm(Path(tmp))
+
+    warmup = {name: once(arm) for name, arm in arms.items()}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(reps):
         for name, arm in arms.items():
-            with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-                times[name].append(arm(Path(tmp)))
+            times[name].append(once(arm))
     return times, warmup
 
 
@@ -225,7 +225,8 @@ def _digits_workload(reps: int) -> list[dict[str, Any]]:
     for arm, values in times.items():
         rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median(values), "runs": values,
                      "warmup_s": warmup[arm]})
-    rows[-2].update(logging_overhead=median(ratios), pair_overheads=ratios)
+        if arm == "tracking on":
+            rows[-1].update(logging_overhead=median(ratios), pair_overheads=ratios)
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
             load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
