@@ -94,10 +94,12 @@ def test_server_stopped_mid_job_and_back_20s_later_loses_nothing(ray_session, se
     """Issue 6.3: stop `mlflow server` mid-job, start it 20 s later: the job goes on, nothing is lost."""
     spec = _outage_spec(server.url, num_samples=10)
     seen = _stop_after_first_delivery(server, tmp_path, restart_after_s=20)
-    started = time.monotonic()
     result = run_job(spec, output_root=tmp_path)
+    finished = time.monotonic()
     seen["thread"].join(timeout=120)
-    assert seen["stopped"] - started < 15 and "restarted" in seen, seen
+    # Mid-job means: stopped and started again while run_job was still running (how many seconds in
+    # depends on the machine; CI's 2 busy cores took 16 s to the first delivery).
+    assert "restarted" in seen and seen["restarted"] < finished, seen
     assert seen["events_at_restart"] > seen["events_at_stop"], "no event was journaled during the outage"
     assert result.succeeded and result.undelivered == 0
     _assert_all_delivered(server.url, result, trials=10, epochs=6)
