@@ -4,7 +4,8 @@ Workloads (2 trials at a time, the machine's 2 cores):
   sleep-0.05s  16 trials x 20 epochs x 0.05 s: ideal 16 * 20 * 0.05 / 2 = 8 s
   sleep-2s     16 trials x 4 epochs x 0.5 s (2-second trials): ideal 16 s
   digits       the demo job (16 TPE trials of the MLP on digits), tracking on vs off: what logging costs
-               (at least 9 pairs of runs: the median of the pairs' ratios)
+               (24 pairs of runs by default, ABBA order: the median of the pairs' ratios, its 95% interval,
+               and the CPU the machine spent, which a busy neighbour moves less than the wall time)
 
 Arms:
   service              `tuner run` in-process (run_job): every trial and epoch in MLflow, report, plots
@@ -17,6 +18,7 @@ Arms:
 from __future__ import annotations
 
 import argparse
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -55,10 +57,15 @@ def service_without_tracking(spec, tmp: Path, dataset=None) -> float:
     return t.seconds
 
 
-def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> float:
-    """Only `Tuner.fit` of the job, with or without the tracking callback (plus flushing what it wrote)."""
+def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> Timer:
+    """Only `Tuner.fit` of the job, with or without the tracking callback (plus flushing what it wrote).
+
+    With tracking, the timer also carries the tracking's own work, counted: ``callback_cpu_s`` (the
+    callback on Tune's loop), ``writer_cpu_s`` (the writer's deliveries, the final one included) and
+    ``flush_s`` (the final flush's wall time, which nothing else overlaps).
+    """
     from tuner.run import make_tuner, new_run_folder, tracking_uri_for
-    from tuner.tracking import TrackingCallback, start_parent_run
+    from tuner.tracking import start_parent_run
 
     folder = new_run_folder(spec, tmp)
     callbacks = []
@@ -66,15 +73,39 @@ def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> float:
         uri = tracking_uri_for(spec, tmp)
         experiment_id, parent = start_parent_run(tracking_uri=uri, experiment=spec.experiment, job_name=spec.name,
                                                  params={}, spec_yaml=spec.to_yaml(), tags={})
-        callbacks = [TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
-                                      parent_run_id=parent, metric=spec.metric, mode=spec.mode)]
+        callbacks = [_timed_callback_class()(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                                parent_run_id=parent, metric=spec.metric, mode=spec.mode)]
     with Timer() as t:
         make_tuner(spec, folder, callbacks, dataset).fit()
         if tracking:
-            left = callbacks[0].tracker.close()
-    if tracking and left:
-        raise RuntimeError(f"{left} tracking events undelivered: the measurement is void")
-    return t.seconds
+            tracker = callbacks[0].tracker  # the job's writer (after close, `.tracker` would start a new one)
+            with Timer() as flush:
+                left = tracker.close()
+    if tracking:
+        if left:
+            raise RuntimeError(f"{left} tracking events undelivered: the measurement is void")
+        t.callback_cpu_s, t.writer_cpu_s = callbacks[0].cpu_s, tracker.delivery_cpu_s
+        t.flush_s = flush.seconds
+    return t
+
+
+def _timed(hook: Callable) -> Callable:
+    def timed(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return hook(self, *args, **kwargs)
+        finally:
+            self.cpu_s += time.thread_time() - started
+    return timed
+
+
+@functools.cache
+def _timed_callback_class() -> type:
+    """The service's tracking callback, with the CPU its hooks take on Tune's loop counted in ``cpu_s``."""
+    from tuner.tracking import TrackingCallback
+
+    hooks = {name: _timed(hook) for name, hook in vars(TrackingCallback).items() if name.startswith("on_")}
+    return type("TimedTrackingCallback", (TrackingCallback,), {"cpu_s": 0.0, **hooks})
 
 
 def plain_ray_tune(spec, tmp: Path, *, mlflow: bool) -> float:
@@ -155,6 +186,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--workloads", default="sleep,long,digits", help="comma-separated: sleep, long, digits")
+    parser.add_argument("--pairs", type=int, default=24, help="tracking on/off pairs of the digits workload")
     args = parser.parse_args(argv)
     workloads = set(args.workloads.split(","))
     start_ray()
@@ -164,11 +196,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if "long" in workloads:
         rows += _long_workload(args.reps)
     if "digits" in workloads:
-        rows += _digits_workload(args.reps)
-    table(rows, ["workload", "arm", "wall_s", "ideal_s", "of_ideal", "vs_ray_tune_mlflow", "logging_overhead"],
+        rows += _digits_workload(args.pairs)
+    table(rows, ["workload", "arm", "wall_s", "ideal_s", "of_ideal", "vs_ray_tune_mlflow", "logging_overhead",
+                 "logging_overhead_95", "machine_cpu_overhead", "counted_overhead"],
           f"orchestration overhead (median of {args.reps}, {CONCURRENCY} trials at a time)")
     partial = workloads != {"sleep", "long", "digits"}
-    save("overhead-" + "-".join(sorted(workloads)) if partial else "overhead", rows, reps=args.reps)
+    save("overhead-" + "-".join(sorted(workloads)) if partial else "overhead", rows, reps=args.reps, pairs=args.pairs)
     return rows
 
 
@@ -208,29 +241,59 @@ def _long_workload(reps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _digits_workload(reps: int) -> list[dict[str, Any]]:
-    rows = []
+def _digits_workload(pairs: int) -> list[dict[str, Any]]:
     from trainables.data import load_dataset
     from tuner.spec import load_spec
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
     dataset = load_dataset(demo.data.model_dump())
-    # The effect (a few tenths of a second) is smaller than the drift between 12-second runs on a
-    # shared machine, so runs are paired: each "on" run with the "off" run right after it. The
-    # overhead is the median of the pairs' ratios; their spread is kept too.
-    times, warmup = _measure({"tracking on": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=True),
-                              "tracking off": lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=False)},
-                             max(reps, 9))
-    ratios = sorted(on / off - 1 for on, off in zip(times["tracking on"], times["tracking off"]))
-    for arm, values in times.items():
-        rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median(values), "runs": values,
-                     "warmup_s": warmup[arm]})
-        if arm == "tracking on":
-            rows[-1].update(logging_overhead=median(ratios), pair_overheads=ratios)
+
+    def run(tracking: bool) -> Timer:
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+            return service_tune_phase(demo, Path(tmp), dataset, tracking=tracking)
+
+    # The effect (a few tenths of a second) is smaller than the drift between 15-second runs on a
+    # shared machine, so runs are paired, and the arm that goes first alternates (ABBA): a drift, or a
+    # machine that is slow every other run, then falls on both arms alike. The overhead is the median
+    # of the pairs' ratios, with a bootstrap 95% interval.
+    warmup = {"tracking on": run(True).seconds, "tracking off": run(False).seconds}
+    on: list[Timer] = []
+    off: list[Timer] = []
+    for pair in range(pairs):
+        for tracking in (True, False) if pair % 2 == 0 else (False, True):
+            (on if tracking else off).append(run(tracking))
+    ratios = [a.seconds / b.seconds - 1 for a, b in zip(on, off)]
+    machine = [a.machine_cpu_s / b.machine_cpu_s - 1 for a, b in zip(on, off)]
+    # Counted rather than timed: the CPU the callback and the writer took, shared with the trials by
+    # the machine's cores, plus the final flush, which nothing overlaps (its CPU is counted twice).
+    counted = [(t.callback_cpu_s + t.writer_cpu_s) / CONCURRENCY + t.flush_s for t in on]
+    rows = []
+    for arm, timers in (("tracking on", on), ("tracking off", off)):
+        rows.append({"workload": "digits demo (Tuner.fit)", "arm": arm, "wall_s": median([t.seconds for t in timers]),
+                     "runs": [t.seconds for t in timers], "warmup_s": warmup[arm],
+                     "driver_cpu_s": median([t.cpu_s for t in timers]), "driver_cpu_runs": [t.cpu_s for t in timers],
+                     "machine_cpu_s": median([t.machine_cpu_s for t in timers]),
+                     "machine_cpu_runs": [t.machine_cpu_s for t in timers]})
+    rows[0].update(logging_overhead=median(ratios), logging_overhead_95=_median_interval(ratios),
+                   pair_overheads=ratios, machine_cpu_overhead=median(machine), pair_machine_cpu_overheads=machine,
+                   counted_overhead=median([c / (t.seconds - c) for c, t in zip(counted, on)]),
+                   callback_cpu_s=median([t.callback_cpu_s for t in on]),
+                   writer_cpu_s=median([t.writer_cpu_s for t in on]), flush_s=median([t.flush_s for t in on]),
+                   counted_runs=[{"callback_cpu_s": t.callback_cpu_s, "writer_cpu_s": t.writer_cpu_s,
+                                  "flush_s": t.flush_s} for t in on])
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
             load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
     return rows
+
+
+def _median_interval(values: list[float]) -> tuple[float, float]:
+    """A percentile-bootstrap 95% interval for the median of ``values``."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    interval = bootstrap((values,), np.median, method="percentile", rng=np.random.default_rng(0)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         setattr(MlflowClient, name, wrap(name, original))
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            wall = service_tune_phase(demo, Path(tmp), dataset, tracking=True)
+            wall = service_tune_phase(demo, Path(tmp), dataset, tracking=True).seconds
     finally:
         for name, original in originals.items():
             setattr(MlflowClient, name, original)

@@ -291,6 +291,7 @@ class Tracker:
         self._stop = threading.Event()
         self._failures = 0
         self.last_error: str | None = None
+        self.delivery_cpu_s = 0.0  # CPU seconds spent delivering, for bench/ (what tracking costs the machine)
         self._thread = threading.Thread(target=self._run, name="tuner-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -307,6 +308,13 @@ class Tracker:
 
     def _deliver_once(self) -> bool:
         """Try to deliver everything pending; True when nothing is left."""
+        started = time.thread_time()
+        try:
+            return self._deliver_pending()
+        finally:
+            self.delivery_cpu_s += time.thread_time() - started
+
+    def _deliver_pending(self) -> bool:
         pending = self.journal.pending()
         if not pending:
             return True
