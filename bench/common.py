@@ -77,8 +77,8 @@ def median(values: list[float]) -> float:
 class Timer:
     """Wall seconds; also CPU seconds of this process (all its threads) and of the whole machine.
 
-    CPU time is steadier than wall time on a shared machine: it does not count the time the process
-    waited for a core, only the work done.
+    CPU time leaves out the time a process waited for a core, so it tells where the work went; on
+    these virtual machines it is no steadier than wall time (the same trials took 27-45 s of CPU).
     """
 
     def __enter__(self) -> Timer:

@@ -5,7 +5,7 @@ Workloads (2 trials at a time, the machine's 2 cores):
   sleep-2s     16 trials x 4 epochs x 0.5 s (2-second trials): ideal 16 s
   digits       the demo job (16 TPE trials of the MLP on digits), tracking on vs off: what logging costs
                (24 pairs of runs by default, ABBA order: the median of the pairs' ratios, its 95% interval,
-               and the CPU the machine spent, which a busy neighbour moves less than the wall time)
+               the CPU the driver and the machine spent, and the tracking's own work counted)
 
 Arms:
   service              `tuner run` in-process (run_job): every trial and epoch in MLflow, report, plots
