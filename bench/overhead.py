@@ -170,16 +170,18 @@ def _measure(arms: dict[str, Callable[[Path], float]], reps: int) -> tuple[dict[
     their imports; about 4 s here), and without it whichever arm runs first carries them in one of its
     runs, which moves its median up (a median of 3 with one cold run is the slower of the two warm ones).
     """
-    def once(arm: Callable[[Path], float]) -> float:
-        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            return arm(Path(tmp))
-
-    warmup = {name: once(arm) for name, arm in arms.items()}
+    warmup = {name: _in_fresh_folder(arm) for name, arm in arms.items()}
     times: dict[str, list[float]] = {name: [] for name in arms}
     for _ in range(reps):
         for name, arm in arms.items():
-            times[name].append(once(arm))
+            times[name].append(_in_fresh_folder(arm))
     return times, warmup
+
+
+def _in_fresh_folder(arm: Callable[[Path], Any]) -> Any:
+    """One run of ``arm`` in a new temporary folder (its own run folders and MLflow store)."""
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        return arm(Path(tmp))
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -249,8 +251,7 @@ def _digits_workload(pairs: int) -> list[dict[str, Any]]:
     dataset = load_dataset(demo.data.model_dump())
 
     def run(tracking: bool) -> Timer:
-        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            return service_tune_phase(demo, Path(tmp), dataset, tracking=tracking)
+        return _in_fresh_folder(lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=tracking))
 
     # The effect (a few tenths of a second) is smaller than the drift between 15-second runs on a
     # shared machine, so runs are paired, and the arm that goes first alternates (ABBA): a drift, or a
@@ -281,9 +282,9 @@ def _digits_workload(pairs: int) -> list[dict[str, Any]]:
                    writer_cpu_s=median([t.writer_cpu_s for t in on]), flush_s=median([t.flush_s for t in on]),
                    counted_runs=[{"callback_cpu_s": t.callback_cpu_s, "writer_cpu_s": t.writer_cpu_s,
                                   "flush_s": t.flush_s} for t in on])
-    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-        rows.append({"workload": "digits demo (whole run_job)", "arm": "service", "wall_s": service(
-            load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"]), Path(tmp))})
+    whole = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=[f"mlflow.tracking_uri={STORE}"])
+    rows.append({"workload": "digits demo (whole run_job)", "arm": "service",
+                 "wall_s": _in_fresh_folder(lambda tmp: service(whole, tmp))})
     return rows
 
 
