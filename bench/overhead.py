@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--workloads", default="sleep,long,digits", help="comma-separated: sleep, long, digits")
     parser.add_argument("--pairs", type=int, default=24, help="tracking on/off pairs of the digits workload")
     args = parser.parse_args(argv)
+    if args.pairs < 2:  # the bootstrap interval needs two pairs
+        parser.error(f"--pairs: at least 2, got {args.pairs}")
     workloads = set(args.workloads.split(","))
     start_ray()
     rows: list[dict[str, Any]] = []
