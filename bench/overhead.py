@@ -246,11 +246,11 @@ def _long_workload(reps: int) -> list[dict[str, Any]]:
 
 
 def _digits_workload(pairs: int) -> list[dict[str, Any]]:
-    from trainables.data import load_dataset
+    from tuner.run import factories
     from tuner.spec import load_spec
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
-    dataset = load_dataset(demo.data.model_dump())
+    dataset = factories(demo)
 
     def run(tracking: bool) -> Timer:
         return _in_fresh_folder(lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=tracking))

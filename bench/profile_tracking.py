@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     from bench.overhead import STORE, service_tune_phase
-    from trainables.data import load_dataset
+    from tuner.run import factories
     from tuner.spec import load_spec
 
     start_ray()
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return timed
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
-    dataset = load_dataset(demo.data.model_dump())
+    dataset = factories(demo)
     for name, original in originals.items():
         setattr(MlflowClient, name, wrap(name, original))
     try:

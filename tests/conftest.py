@@ -52,7 +52,7 @@ def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
     """A fast built-in job on digits, with sections overridden."""
     from tuner.spec import spec_from_mapping
 
-    raw = {"name": "t", "trainable": "mlp", "data": "digits",
+    raw = {"name": "t", "model": "mlp", "data": "digits",
            "search": {"algorithm": "tpe", "num_samples": 2, "max_concurrent": 2, "seed": 0,
                       "space": {"lr": {"loguniform": [0.01, 0.1]}}},
            "trial": {"epochs": 3}, "fixed": {"width": 32}, "ensemble": {"top_k": 0}}
@@ -61,8 +61,9 @@ def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
     return spec_from_mapping(raw, base_dir=tmp_path)
 
 
-# Workers of the shared in-process Ray import the test's user trainable from here.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DATA / "user_trainables"), os.environ.get("PYTHONPATH")]))
+# Workers of the shared in-process Ray import the tests' user trainables and models from here.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DATA / "user_trainables"), str(DATA / "user_models"),
+                                                         os.environ.get("PYTHONPATH")]))
 
 
 # ----------------------------------------------------------------------------- real servers

@@ -60,7 +60,7 @@ def test_did_you_mean_for_unknown_keys():
 
 def test_example_spec_loads_with_the_issue_contract():
     spec = load_spec(EXAMPLES / "digits-mlp.yaml")
-    assert spec.name == "digits-mlp" and spec.trainable == "mlp" and spec.data.name == "digits"
+    assert spec.name == "digits-mlp" and spec.model == "mlp" and spec.data.name == "digits"
     assert spec.search.algorithm == "tpe" and spec.search.num_samples == 16
     assert set(spec.space) >= {"lr", "init", "dropout", "clip", "lr_decay", "weight_decay"}
     assert spec.trial.resources.cpu == 1 and spec.fixed == {"batch_size": 64}

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.checks import check_baseline, check_init_loss, check_overfit_batch, model_factory, run_checks
+from trainables.checks import check_baseline, check_init_loss, check_overfit_batch, run_checks, sample_and_maker
 from trainables.data import load_dataset
-from trainables.models import classifier_layer
+from trainables.models import cnn, mlp
 from trainables.train import Diverged, fit
 
 
@@ -19,9 +19,9 @@ def digits():
     return load_dataset({"name": "digits"})
 
 
-def _history(config, dataset):
+def _history(config, dataset, model=mlp):
     history = []
-    fit(config, dataset, report=lambda metrics, checkpoint: history.append((metrics, checkpoint)))
+    fit(config, model=model, data=dataset, report=lambda metrics, checkpoint: history.append((metrics, checkpoint)))
     return history
 
 
@@ -51,23 +51,23 @@ def test_nan_loss_raises_diverged(digits):
         _history({"epochs": 3, "lr": 1e6, "optimizer": "sgd", "clip": None, "init": "kaiming"}, digits)
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn"])
+@pytest.mark.parametrize("model", [mlp, cnn])
 def test_checks_pass_with_sane_settings(digits, model):
-    results = run_checks({"model": model, "width": 64, "channels": 8}, digits)
+    results = run_checks({"width": 64, "channels": 8}, model=model, data=digits)
     assert [r.passed for r in results] == [True, True, True], results
 
 
 def test_init_loss_check_fails_on_a_huge_last_layer(digits):
-    make = model_factory({"model": "mlp"}, digits)
+    sample, make = sample_and_maker({}, mlp, digits, "classification")
 
     def broken():
         model = make()
         with torch.no_grad():
-            classifier_layer(model).weight.mul_(1000)
+            model[-1].weight.mul_(1000)
         return model
 
-    assert not check_init_loss(broken, digits).passed
-    assert check_init_loss(make, digits).passed
+    assert not check_init_loss(broken, sample).passed
+    assert check_init_loss(make, sample).passed
 
 
 class _IgnoresInput(nn.Module):
@@ -77,17 +77,18 @@ class _IgnoresInput(nn.Module):
         self.out = nn.Linear(1, 10)
 
     def forward(self, x):
-        return self.logits.expand(len(x), -1) + 0 * self.out(x[:, :1])
+        return self.logits.expand(len(x), -1) + 0 * self.out(x.flatten(1)[:, :1])
 
 
 def test_baseline_check_fails_on_a_model_that_ignores_its_input(digits):
-    assert not check_baseline(_IgnoresInput, digits, {"lr": 0.05}).passed
+    sample, _ = sample_and_maker({}, mlp, digits, "classification")
+    assert not check_baseline(_IgnoresInput, sample, {"lr": 0.05}).passed
 
 
 def test_overfit_check_fails_with_lr_zero(digits):
-    make = model_factory({"model": "mlp"}, digits)
-    assert not check_overfit_batch(make, digits, {"lr": 0.0}).passed
-    assert check_overfit_batch(make, digits, {"lr": 0.01}).passed
+    sample, make = sample_and_maker({}, mlp, digits, "classification")
+    assert not check_overfit_batch(make, sample, {"lr": 0.0}).passed
+    assert check_overfit_batch(make, sample, {"lr": 0.01}).passed
 
 
 def test_amp_on_cpu_warns_once_and_trains(digits, recwarn):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainables.knobs import DEFAULTS
-from trainables.models import build_model, cnn, mlp
+from trainables.models import cnn, mlp
 from trainables.tricks import clip_gradients, init_weights, lr_factor, make_optimizer, make_schedule
 
 N_IN, N_OUT = 400, 300
@@ -97,19 +97,23 @@ def test_optimizer_class_and_flags(name, cls, momentum, nesterov):
 
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_batchnorm_present_or_absent(batchnorm: bool):
-    for model in (mlp(input_dim=64, num_classes=10, width=16, depth=2, dropout=0.0, batchnorm=batchnorm),
-                  cnn(image_shape=(1, 8, 8), num_classes=10, channels=4, dropout=0.0, batchnorm=batchnorm)):
+    config = _config(width=16, depth=2, channels=4, batchnorm=batchnorm)
+    for model in (mlp(config, (64,), 10), cnn(config, (1, 8, 8), 10)):
         has = any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
         assert has is batchnorm
 
 
 def test_dropout_active_in_train_inactive_in_eval():
-    model = build_model(_config(model="mlp", dropout=0.5, width=64), input_dim=64, image_shape=None, num_classes=10)
+    model = mlp(_config(dropout=0.5, width=64), (64,), 10)
     x = torch.rand(16, 64)
     model.eval()
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
-    conv = build_model(_config(model="cnn", dropout=0.3, channels=4), input_dim=64, image_shape=(1, 8, 8),
-                       num_classes=10)
-    assert any(isinstance(m, nn.Dropout2d) for m in conv.modules())
+    conv = cnn(_config(dropout=0.3, channels=4), (1, 8, 8), 10)
+    assert [m.p for m in conv.modules() if isinstance(m, nn.Dropout2d)] == [0.3, 0.3]
+
+
+def test_the_cnn_refuses_flat_examples():
+    with pytest.raises(ValueError, match="image-shaped"):
+        cnn(_config(), (64,), 10)

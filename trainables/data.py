@@ -1,12 +1,15 @@
-"""Data sets for the built-in trainables: digits, IDX (as MNIST ships it), .npz and .csv.
+"""The built-in data sets: digits, IDX (as MNIST ships it), .npz and .csv.
 
 Every loader returns raw arrays; `make_dataset` scales inputs to [0, 1] and splits them into
 train/validation/test by a fixed seed, so the test split is the same for every trial and is never
-used for selection. No torch here: the driver loads the data once and puts it in Ray's object store.
+used for selection. The driver loads the data once and puts it in Ray's object store; a loaded
+`Dataset` is a data factory like a user's own: ``dataset(config)`` gives the three splits as torch
+``TensorDataset``s, each example shaped as an image where the data has one.
 
     >>> ds = load_dataset({"name": "digits"})
     >>> ds.x_train.shape, ds.num_classes
     ((1257, 64), 10)
+    >>> train, val, test = ds({})
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int | None  # None for regression
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when inputs are images
     scaling: Scaling = field(default_factory=lambda: Scaling(0.0, 1.0))
 
@@ -48,8 +51,22 @@ class Dataset:
     def input_dim(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
 
+    @property
+    def input_scaling(self) -> tuple[float, float]:
+        """(offset, divisor): the ensemble model applies it to raw inputs, ``(raw - offset) / divisor``."""
+        return self.scaling.offset, self.scaling.divisor
 
-def load_dataset(data: Mapping[str, Any]) -> Dataset:
+    def __call__(self, config: Mapping[str, Any]) -> tuple:
+        """The data factory: (train, val, test) ``TensorDataset``s; ``config`` is not needed here."""
+        import torch
+        from torch.utils.data import TensorDataset
+
+        shape = self.image_shape or self.x_train.shape[1:]
+        return tuple(TensorDataset(torch.from_numpy(x).reshape(len(x), *shape), torch.from_numpy(y))
+                     for x, y in ((self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test)))
+
+
+def load_dataset(data: Mapping[str, Any], *, task: str = "classification") -> Dataset:
     """Load what a spec's ``data`` section names (already validated by the spec)."""
     split = {k: data[k] for k in ("val_fraction", "test_fraction", "split_seed") if k in data}
     if data.get("name") == "digits":
@@ -59,7 +76,7 @@ def load_dataset(data: Mapping[str, Any]) -> Dataset:
         loader = {"idx": load_idx, "npz": load_npz, "csv": load_csv}[data["format"]]
         options = {"label_column": data.get("label_column", "label")} if data["format"] == "csv" else {}
         x, y, shape = loader(path, **options)
-    return make_dataset(x, y, image_shape=shape, **split)
+    return make_dataset(x, y, image_shape=shape, task=task, **split)
 
 
 def make_dataset(
@@ -67,18 +84,30 @@ def make_dataset(
     y: np.ndarray,
     *,
     image_shape: tuple[int, int, int] | None = None,
+    task: str = "classification",
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     split_seed: int = 0,
 ) -> Dataset:
-    """Scale raw inputs to [0, 1] and split them by a fixed seed."""
+    """Scale raw inputs to [0, 1] and split them by a fixed seed.
+
+    Classification labels are integers 0..C-1, or any other values (strings, say), which are then
+    numbered in sorted order. Regression targets are numbers, kept as they are.
+    """
     x = np.asarray(x)
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    y = np.asarray(y).reshape(len(y), -1) if task == "regression" else np.asarray(y).reshape(-1)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} inputs but {len(y)} labels")
-    classes = np.unique(y)
-    if classes.min() < 0:
-        raise ValueError(f"labels must be 0..C-1 (got {classes.min()})")
+    if task == "regression":
+        y = y.astype(np.float32).reshape(-1) if y.shape[1] == 1 else y.astype(np.float32)
+        num_classes = None
+    else:
+        if not np.issubdtype(y.dtype, np.integer):
+            _, y = np.unique(y, return_inverse=True)  # named classes, numbered in sorted order
+        y = y.astype(np.int64)
+        if y.min() < 0:
+            raise ValueError(f"labels must be 0..C-1 (got {y.min()})")
+        num_classes = int(y.max()) + 1
     scaling = _scaling_for(x)
     x = scaling.apply(x.reshape(len(x), -1))
     order = np.random.default_rng(split_seed).permutation(len(x))
@@ -87,7 +116,7 @@ def make_dataset(
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return Dataset(
         x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val], x_test=x[test], y_test=y[test],
-        num_classes=int(classes.max()) + 1, image_shape=image_shape, scaling=scaling,
+        num_classes=num_classes, image_shape=image_shape, scaling=scaling,
     )
 
 
@@ -158,7 +187,7 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int] |
 
 
 def load_csv(path: Path, *, label_column: str = "label") -> tuple[np.ndarray, np.ndarray, None]:
-    """A .csv with a header row; ``label_column`` holds integer classes, every other column is a feature."""
+    """A .csv with a header row; ``label_column`` holds the labels (classes or targets), every other column is a feature."""
     import pandas as pd
 
     frame = pd.read_csv(path)

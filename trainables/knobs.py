@@ -1,7 +1,11 @@
-"""Every knob of the built-in trainables, its default, and what values it accepts.
+"""Every knob of the service's training loop, its default, and what values it accepts.
 
 Declared once here (no torch import) so that the job spec can check a search space or a `fixed`
 section against it before anything starts. A trial's config is ``DEFAULTS | fixed | sampled``.
+
+Most knobs act on any model, built-in or your own (`trainables.train` applies them from outside the
+model); `batchnorm`, `width`, `depth` and `channels` only reach a model through its factory, which
+reads them from ``config`` (the built-in mlp and cnn do; yours may).
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ import math
 from typing import Any
 
 INITS = ("uniform", "gaussian", "lecun", "xavier", "kaiming")
+INIT_CHOICES = ("keep", *INITS)  # keep: the model's own init
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
 LR_SCHEDULES = ("exponential", "step", "cosine", "none")
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn")  # built-in model factories
+TASKS = ("classification", "regression")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,                  # torch/numpy seed: same config and seed -> same metrics on CPU
@@ -22,18 +28,18 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",        # one of OPTIMIZERS; momentum/nesterov are SGD with `momentum`
     "momentum": 0.9,            # gamma for momentum and nesterov (and rmsprop's momentum)
     "weight_decay": 0.0,        # L2 penalty through the optimizer
-    "init": "kaiming",          # weight-init scheme, one of INITS; biases start at zero
-    "batchnorm": False,         # BatchNorm after each linear/conv, before the activation
-    "dropout": 0.0,             # dropout rate in [0, 1); Dropout2d in the cnn's conv blocks
+    "init": "keep",             # keep the model's own init, or re-init every Linear/Conv by one of INITS
+    "batchnorm": False,         # factories: BatchNorm after each linear/conv (mlp, cnn)
+    "dropout": None,            # set p of every dropout module to this rate in [0, 1); null = the model's own
     "clip": None,               # clip gradients to this global L2 norm; null = off
     "lr_schedule": "exponential",  # one of LR_SCHEDULES, stepped once per epoch
     "lr_decay": 1.0,            # gamma: exponential lr * gamma**epoch; step lr * gamma**(epoch // lr_step_size)
     "lr_step_size": 10,         # epochs between decays for the step schedule
     "warmup_epochs": 0,         # linear warm-up from lr/warmup_epochs to lr over these epochs
     "patience": None,           # stop after this many epochs without a better val_loss; null = off
-    "width": 128,               # mlp: units per hidden layer
-    "depth": 2,                 # mlp: hidden layers
-    "channels": 16,             # cnn: channels of the first conv block (the second has twice as many)
+    "width": 128,               # factories: units per hidden layer (mlp)
+    "depth": 2,                 # factories: hidden layers (mlp)
+    "channels": 16,             # factories: channels of the first conv block (cnn; the second has twice as many)
     "amp": False,               # mixed precision on CUDA; ignored with a warning on CPU
 }
 
@@ -54,9 +60,9 @@ _RULES: dict[str, tuple[str, Any]] = {
     "optimizer": (f"one of {', '.join(OPTIMIZERS)}", lambda v: v in OPTIMIZERS),
     "momentum": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     "weight_decay": ("a number >= 0", lambda v: _number(v) and v >= 0),
-    "init": (f"one of {', '.join(INITS)}", lambda v: v in INITS),
+    "init": (f"one of {', '.join(INIT_CHOICES)}", lambda v: v in INIT_CHOICES),
     "batchnorm": ("true or false", lambda v: isinstance(v, bool)),
-    "dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
+    "dropout": ("null (the model's own) or a number in [0, 1)", lambda v: v is None or (_number(v) and 0 <= v < 1)),
     "clip": ("null (off) or a number > 0", lambda v: v is None or (_number(v) and v > 0)),
     "lr_schedule": (f"one of {', '.join(LR_SCHEDULES)}", lambda v: v in LR_SCHEDULES),
     "lr_decay": ("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1),

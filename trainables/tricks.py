@@ -11,11 +11,30 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from trainables.models import classifier_layer
 
 # The classifier layer starts at this fraction of its scheme's scale, so initial logits are near zero
 # and the loss at init is about ln(C) (the "init the last layer well" advice).
 LAST_LAYER_SCALE = 0.1
+
+
+INITIALISED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the layers `init` re-initialises
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def apply_model_knobs(model: nn.Module, config: Mapping[str, Any]) -> None:
+    """The knobs that act on any model from outside it: ``init`` (unless keep) and ``dropout`` (unless null)."""
+    if config["init"] != "keep":
+        init_weights(model, config["init"])
+    if config["dropout"] is not None:
+        set_dropout(model, config["dropout"])
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set the rate of every dropout module in ``model``; return how many there are."""
+    modules = [m for m in model.modules() if isinstance(m, DROPOUTS)]
+    for module in modules:
+        module.p = p
+    return len(modules)
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -27,9 +46,11 @@ def init_weights(model: nn.Module, scheme: str) -> None:
       lecun     N(0, 1/sqrt(n_in))                std = 1/sqrt(n_in)
       xavier    N(0, sqrt(2/(n_in+n_out)))        Glorot & Bengio 2010
       kaiming   N(0, sqrt(2/n_in))                He et al. 2015, for ReLU
+    The last Linear layer registered (the output layer in most models) is then scaled by
+    LAST_LAYER_SCALE, so the outputs start near zero and the loss at init near ln(C).
     """
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        if isinstance(module, INITIALISED):
             fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
             with torch.no_grad():
                 if scheme == "uniform":
@@ -47,8 +68,10 @@ def init_weights(model: nn.Module, scheme: str) -> None:
                     raise ValueError(f"unknown init scheme {scheme!r}")
                 if module.bias is not None:
                     module.bias.zero_()
-    with torch.no_grad():
-        classifier_layer(model).weight.mul_(LAST_LAYER_SCALE)
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linear:  # the last Linear registered: the output layer in most models
+        with torch.no_grad():
+            linear[-1].weight.mul_(LAST_LAYER_SCALE)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.Optimizer:

@@ -73,7 +73,9 @@ def validate(spec: Path = typer.Argument(..., help="The job's YAML file."), set:
 
     job = load_spec(spec, overrides=set)
     out.print(f"{spec}: ok")
-    out.print(f"  job        {job.name} ({job.trainable} on {_data_name(job)})")
+    what = (f"model {job.model} on {_data_name(job)}, {job.task}" if job.service_loop
+            else f"trainable {job.trainable}")
+    out.print(f"  job        {job.name} ({what})")
     out.print(f"  search     {job.search.algorithm}, {job.search.num_samples} trials, "
               f"{job.search.max_concurrent} at once, seed {job.search.seed}, scheduler {job.scheduler.name}")
     out.print(f"  optimise   {job.mode} {job.metric} over {', '.join(job.space)}")
@@ -81,22 +83,25 @@ def validate(spec: Path = typer.Argument(..., help="The job's YAML file."), set:
               f"{job.trial.resources.gpu:g} gpu, {job.trial.max_failures} retries")
     if job.fixed:
         out.print(f"  fixed      {', '.join(f'{k}={v}' for k, v in job.fixed.items())}")
+    if job.service_loop:
+        from trainables.knobs import DEFAULTS
+
+        passed = [k for k in [*job.fixed, *job.space] if k not in DEFAULTS]
+        if passed:
+            out.print(f"  for you    {', '.join(passed)} (no knobs of the loop: passed in config to your factories)")
 
 
 def _data_name(job: Any) -> str:
-    if job.data is None:
-        return "its own data"
-    return job.data.name or f"{job.data.path} ({job.data.format})"
+    return job.data.name or job.data.factory or f"{job.data.path} ({job.data.format})"
 
 
 def _run_checks(job: Any) -> list:
-    from search_spaces import midpoint
+    """The recipe's three checks on one config of the job (the one `tuner train` would train)."""
     from trainables.checks import run_checks
-    from trainables.data import load_dataset
-    from trainables.knobs import DEFAULTS
+    from tuner.run import factories, trial_config
 
-    config = {**job.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in job.space.items()}}
-    return run_checks(config, load_dataset(job.data.model_dump()))
+    made = factories(job)
+    return run_checks(trial_config(job), model=made.model, data=made.data, task=job.task)
 
 
 def _print_checks(results: list) -> None:
@@ -115,8 +120,8 @@ def check(spec: Path = typer.Argument(..., help="The job's YAML file."), set: Li
     from tuner.spec import load_spec
 
     job = load_spec(spec, overrides=set)
-    if not job.is_builtin:
-        out.print("checks apply to the built-in trainables (mlp, cnn); nothing to check for a user trainable")
+    if not job.service_loop:
+        out.print("checks run on a model and data (model: and data:); a job with its own trainable has none to check")
         return
     results = _run_checks(job)
     _print_checks(results)
@@ -135,7 +140,7 @@ def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List
     job = load_spec(spec, overrides=set)
     _quiet(verbose)
     checks = None
-    if job.is_builtin and not skip_checks:
+    if job.service_loop and not skip_checks:
         checks = _run_checks(job)
         if not all(c.passed for c in checks):
             _print_checks(checks)
@@ -188,8 +193,9 @@ def _print_result(result: Any, job: Any) -> None:
     if result.ensemble:
         e = result.ensemble
         where = e["model_uri"] or f"{e.get('model_dir')} (not logged to MLflow)"
-        out.print(f"ensemble of {len(e['members'])}: test acc {e['ensemble_test_acc']:.4f} "
-                  f"(best single {e['best_single_test_acc']:.4f}); model {where}")
+        score = "acc" if e["task"] == "classification" else "rmse"
+        out.print(f"ensemble of {len(e['members'])}: test {score} {e[f'ensemble_test_{score}']:.4f} "
+                  f"(best single {e[f'best_single_test_{score}']:.4f}); model {where}")
     out.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
     out.print(f"MLflow UI: {_ui_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}"

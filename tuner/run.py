@@ -11,12 +11,10 @@ A job writes only inside its run folder, ``<output_root>/<name>/<timestamp>/``:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -141,8 +139,8 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
     env: dict[str, Any] = {}
     # A job submitted through Ray's Jobs API (tuner submit) already ships the trainable's folder as its
     # working_dir, which Ray puts on every worker's path.
-    if not spec.is_builtin and not _in_ray_job():
-        # Workers do not see the driver's sys.path: ship the trainable's folder with the job.
+    if spec.user_code and not _in_ray_job():
+        # Workers do not see the driver's sys.path: ship the user's code folder with the job.
         paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
     ray.init(address=spec.ray.address or "local", runtime_env=env or None, include_dashboard=False,
@@ -167,30 +165,37 @@ def _leave_ray_working_dir(folder: RunFolder) -> None:
         os.chdir(folder.path.resolve())
 
 
-def _load_data(spec: JobSpec):
-    """The built-in trainables' data set, loaded once in the driver; None for user trainables."""
-    if not spec.is_builtin:
+@dataclass(frozen=True)
+class Factories:
+    """What the service's loop trains: the model factory and the data factory (a built-in data set
+    arrives loaded, from the driver; a user's ``load`` runs in each trial)."""
+
+    model: Callable
+    data: Callable
+
+
+def factories(spec: JobSpec) -> Factories | None:
+    """The job's model and data factories; None for a job with its own trainable."""
+    if not spec.service_loop:
         return None
-    from trainables.data import load_dataset
+    from trainables.factories import data_factory, model_factory
 
-    return load_dataset(spec.data.model_dump())  # type: ignore[union-attr]
+    return Factories(model=model_factory(spec.model, spec.code_dir),  # type: ignore[arg-type]
+                     data=data_factory(spec.data.model_dump(), spec.code_dir, task=spec.task))  # type: ignore[union-attr]
 
 
-def _trainable(spec: JobSpec, dataset) -> Callable:
+def _trainable(spec: JobSpec, made: Factories | None) -> Callable:
     from ray import tune
 
-    if spec.is_builtin:
-        from trainables.train import builtin_trainable
+    if made is not None:
+        from trainables.train import service_trainable
 
-        # Trials read the data set from Ray's object store.
-        function = tune.with_parameters(builtin_trainable, dataset=dataset)
+        # The factories travel through Ray's object store (a built-in data set with its arrays).
+        function = tune.with_parameters(service_trainable, model=made.model, data=made.data, task=spec.task)
     else:
-        module_name, _, name = spec.trainable.partition(":")
-        sys.path.insert(0, spec.code_dir)  # type: ignore[arg-type]
-        try:
-            function = getattr(importlib.import_module(module_name), name)
-        finally:
-            sys.path.remove(spec.code_dir)  # type: ignore[arg-type]
+        from trainables.factories import import_function
+
+        function = import_function(spec.trainable, spec.code_dir, kind="trainable")  # type: ignore[arg-type]
     resources = {"cpu": spec.trial.resources.cpu, "gpu": spec.trial.resources.gpu}
     return tune.with_resources(function, resources)
 
@@ -224,7 +229,8 @@ def synchronous_snapshots() -> None:
     Manager.sync_up_experiment_state = sync_up_and_wait
 
 
-def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, verbose: bool = False):
+def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factories | None, *,
+               verbose: bool = False):
     """The `ray.tune.Tuner` of a job (`run_job` adds the tracking callback; bench/ measures without it)."""
     from ray import tune
 
@@ -234,7 +240,7 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, dataset, *, ve
     from tuner.tracking import trial_name
 
     return tune.Tuner(
-        _trainable(spec, dataset),
+        _trainable(spec, made),
         param_space=spec.trial_config(),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(spec),
@@ -295,18 +301,18 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     callback = TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
                                 parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
                                 max_t=asha_max_t(spec))
-    dataset = _load_data(spec)
+    made = factories(spec)
     _leave_ray_working_dir(folder)
     started = _init_ray(spec, verbose=verbose)
     try:
         with _stop_on_sigterm() as stopped:
-            results = make_tuner(spec, folder, [callback, *(callbacks or [])], dataset, verbose=verbose).fit()
+            results = make_tuner(spec, folder, [callback, *(callbacks or [])], made, verbose=verbose).fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    return _finish(spec, folder, results, callback.tracker, dataset, stopped=stopped.is_set())
+    return _finish(spec, folder, results, callback.tracker, made, stopped=stopped.is_set())
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
@@ -320,13 +326,13 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
 
     spec = load_spec(folder.spec)
     state = folder.read_state()
-    dataset = _load_data(spec)
+    made = factories(spec)
     _leave_ray_working_dir(folder)
     started = _init_ray(spec, verbose=verbose)
     try:
         # The TrackingCallback comes back with the experiment (Tune pickled it) and reopens the journal.
         synchronous_snapshots()
-        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, dataset),
+        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, made),
                                    resume_unfinished=True, resume_errored=False, restart_errored=False)
         with _stop_on_sigterm() as stopped:
             results = tuner.fit()
@@ -337,7 +343,7 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
             ray.shutdown()
     tracker = Tracker.for_run(folder.tracking, tracking_uri=state["tracking_uri"],
                               experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-    return _finish(spec, folder, results, tracker, dataset, stopped=stopped.is_set())
+    return _finish(spec, folder, results, tracker, made, stopped=stopped.is_set())
 
 
 @contextlib.contextmanager
@@ -362,14 +368,14 @@ def _stop_on_sigterm() -> Iterator[threading.Event]:
 
 
 def _spec_params(spec: JobSpec) -> dict[str, Any]:
-    params = {"trainable": spec.trainable, "metric": spec.metric, "mode": spec.mode,
+    params = {"model": spec.model, "trainable": spec.trainable, "task": spec.task, "metric": spec.metric, "mode": spec.mode,
               "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
               "max_concurrent": spec.search.max_concurrent, "seed": spec.search.seed,
               "scheduler": spec.scheduler.name, "epochs": spec.trial.epochs,
               "space": ",".join(spec.space), "ensemble_top_k": spec.ensemble.top_k}
     params.update({f"fixed.{k}": v for k, v in spec.fixed.items()})
     if spec.data is not None:
-        params["data"] = spec.data.name or spec.data.path
+        params["data"] = spec.data.name or spec.data.factory or spec.data.path
     return params
 
 
@@ -405,7 +411,8 @@ def _trial_statuses(tracker, results, *, stopped: bool = False) -> dict[str, str
     return {names[trial]: status for trial, status in statuses.items()}
 
 
-def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stopped: bool = False) -> JobResult:
+def _finish(spec: JobSpec, folder: RunFolder, results, tracker, made: Factories | None, *,
+            stopped: bool = False) -> JobResult:
     """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
     from tuner.report import rank_trials, write_report
 
@@ -420,7 +427,8 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stop
     if ranked and spec.ensemble.top_k > 0 and not stopped:
         from tuner.ensemble import build_ensemble
 
-        result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker, dataset=dataset)
+        result.ensemble = build_ensemble(spec, ranked, folder=folder, tracker=tracker,
+                                         model=made and made.model, data=made and made.data)
     for path in write_report(spec, results, ranked, statuses, folder.report):
         tracker.emit("artifact", path=str(path), artifact_path="report")
     counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
@@ -436,22 +444,28 @@ def _finish(spec: JobSpec, folder: RunFolder, results, tracker, dataset, *, stop
     return result
 
 
+def trial_config(spec: JobSpec) -> dict[str, Any]:
+    """One config of the spec, no search: its constants plus one value per searched knob (the knob's
+    default where the space holds it, else a middle value). An exported spec pins each searched knob
+    to the best trial's value, so this is exactly that trial's config."""
+    from search_spaces import midpoint
+    from trainables.knobs import DEFAULTS
+
+    return {**spec.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in spec.space.items()}}
+
+
 def train_once(spec: JobSpec, *, report) -> None:
     """Train the spec's config once, in this process, no Ray (``tuner train``).
 
-    The config is the spec's constants plus one value per searched knob (an exported spec pins each
-    to the best trial's value). Torch uses as many threads as a trial had CPUs, so results match
-    the trial's on the same machine.
+    Torch uses as many threads as a trial had CPUs, so results match the trial's on the same machine.
     """
     import torch
 
-    from search_spaces import midpoint
-    from trainables.knobs import DEFAULTS
     from trainables.train import fit
 
-    if not spec.is_builtin:
-        raise UserError(f"{spec.name}: tuner train retrains the built-in trainables; run a user trainable "
-                        f"with tuner run (num_samples: 1)")
-    config = {**spec.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in spec.space.items()}}
+    if not spec.service_loop:
+        raise UserError(f"{spec.name}: tuner train runs the service's training loop; a job with its own "
+                        f"trainable runs with tuner run (num_samples: 1)")
+    made = factories(spec)
     torch.set_num_threads(max(1, int(spec.trial.resources.cpu)))
-    fit(config, _load_data(spec), report=report)
+    fit(trial_config(spec), model=made.model, data=made.data, task=spec.task, report=report)  # type: ignore[union-attr]

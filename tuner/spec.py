@@ -12,9 +12,7 @@ as YAML, so they go through exactly the same checks as the file.
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
-import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -22,14 +20,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search_spaces import load_preset, parse_space, preset_names
+from trainables.factories import FactoryError, import_function, is_reference
 from trainables.knobs import DEFAULTS, MODELS, knob_problem
 from tuner.errors import SpecError
 
-__all__ = ["JobSpec", "load_spec", "spec_from_mapping", "BUILTIN_METRICS"]
+__all__ = ["JobSpec", "load_spec", "spec_from_mapping", "LOOP_METRICS"]
 
 MAX_SPEC_BYTES = 1_000_000
 MAX_SPEC_NODES = 10_000  # a spec has tens of values; more means an alias bomb or a mistake
-BUILTIN_METRICS = {"val_loss": "min", "train_loss": "min", "val_acc": "max"}
+# What the service's loop reports, by task, and the direction each is optimised in.
+LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_acc": "max"},
+                "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min"}}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
 
@@ -39,20 +40,21 @@ class _Section(BaseModel):
 
 
 class DataSpec(_Section):
-    """``data: digits`` or ``data: {path: ..., format: idx|npz|csv}`` (built-in trainables only)."""
+    """``data: digits``, ``data: module:function`` (your factory) or ``data: {path: ..., format: idx|npz|csv}``."""
 
     name: Literal["digits"] | None = None  # a built-in data set
+    factory: str | None = None  # your load(config) -> (train, val, test), imported from code_dir
     path: str | None = None  # a user file (npz, csv) or folder (idx); relative to the spec's folder
     format: Literal["idx", "npz", "csv"] | None = None
-    label_column: str = "label"  # csv: the column holding integer classes
+    label_column: str = "label"  # csv: the column holding the labels (classes or regression targets)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)  # share of examples held out for validation
     test_fraction: float = Field(0.15, gt=0, lt=0.5)  # share held out for the final test (never for selection)
     split_seed: int = Field(0, ge=0)  # the split is fixed by this seed, the same for every trial
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
-        if (self.name is None) == (self.path is None):
-            raise ValueError("give either a built-in name (digits) or a path with a format")
+        if sum(x is not None for x in (self.name, self.path, self.factory)) != 1:
+            raise ValueError("give one of: a built-in name (digits), module:function, or a path with a format")
         if self.path is not None and self.format is None:
             raise ValueError("format is required with a path: idx, npz or csv")
         return self
@@ -126,9 +128,11 @@ class JobSpec(_Section):
     """A whole tuning job. Field comments are the reference README's table is made from."""
 
     name: str  # job name: MLflow experiment default and Ray run name; [A-Za-z0-9_.-]
-    trainable: str = "mlp"  # mlp, cnn, or "module:function" (a Ray Tune function trainable)
-    code_dir: str | None = None  # user trainables: folder shipped to workers (default: the spec's folder)
-    data: DataSpec | None = None  # built-ins: digits (default) or a user file
+    model: str | None = None  # mlp (default), cnn, or "module:function": build(config, input_shape, output_dim)
+    data: DataSpec | None = None  # digits (default), "module:function": load(config), or a file
+    task: Literal["classification", "regression"] = "classification"
+    trainable: str | None = None  # instead of model and data: "module:function", your own Ray Tune loop
+    code_dir: str | None = None  # the folder your modules are imported from (default: the spec's folder)
     metric: str = "val_loss"  # what trials report and the search optimises
     mode: Literal["min", "max"] = "min"
     search: SearchSpec = SearchSpec()
@@ -147,8 +151,14 @@ class JobSpec(_Section):
         return name
 
     @property
-    def is_builtin(self) -> bool:
-        return self.trainable in MODELS
+    def service_loop(self) -> bool:
+        """Whether the service's training loop runs the trials (a model and data), not your own trainable."""
+        return self.trainable is None
+
+    @property
+    def user_code(self) -> bool:
+        """Whether any of the job's code is the user's (imported from code_dir, shipped to the workers)."""
+        return any(is_reference(x) for x in (self.trainable, self.model, self.data and self.data.factory))
 
     @property
     def experiment(self) -> str:
@@ -161,9 +171,8 @@ class JobSpec(_Section):
 
     def trial_config(self) -> dict[str, Any]:
         """The constant part of every trial's config (the searcher adds the sampled keys)."""
-        if self.is_builtin:
-            return {**self.fixed, "model": self.trainable, "epochs": self.trial.epochs,
-                    "metric": self.metric, "mode": self.mode}
+        if self.service_loop:
+            return {**self.fixed, "epochs": self.trial.epochs, "metric": self.metric, "mode": self.mode}
         return dict(self.fixed)
 
     def to_yaml(self) -> str:
@@ -246,7 +255,7 @@ def spec_from_mapping(raw: Any, *, source: str = "spec", base_dir: Path | None =
     for override in overrides:
         _apply_override(raw, override, source)
     if isinstance(raw.get("data"), str):
-        raw["data"] = {"name": raw["data"]}
+        raw["data"] = {"factory" if ":" in raw["data"] else "name": raw["data"]}
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
@@ -333,42 +342,72 @@ def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
     else:
         parsed = parse_space(space, source=source)
     updates: dict[str, Any] = {"search": spec.search.model_copy(update={"space": parsed})}
+    code_dir = (base_dir / spec.code_dir).resolve() if spec.code_dir else base_dir
+    if spec.user_code:
+        updates["code_dir"] = str(code_dir)
 
-    if spec.is_builtin:
-        _check_builtin(spec, parsed, source)
+    if spec.trainable is not None:
+        _check_trainable(spec, source, code_dir)
+    else:
+        model = spec.model or "mlp"
+        if is_reference(model):
+            _import(model, code_dir, "model", source)
+        elif model not in MODELS:
+            close = difflib.get_close_matches(model, MODELS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"built-in models: {', '.join(MODELS)}"
+            raise SpecError(source, "model", f"not a built-in model or module:function; {hint}", model)
         data = spec.data or DataSpec(name="digits")
+        if data.factory is not None:
+            _import(data.factory, code_dir, "data", source)
         if data.path is not None:
             data = data.model_copy(update={"path": str(_existing_data(data, base_dir, source))})
-        if spec.trainable == "cnn" and data.format == "csv":
+        if model == "cnn" and data.format == "csv":
             raise SpecError(source, "data.format", "the cnn needs image-shaped inputs (idx or npz)", "csv")
-        updates["data"] = data
-    else:
-        if spec.data is not None:
-            raise SpecError(source, "data", "is for the built-in trainables; a user trainable reads its own data "
-                            "(pass paths through fixed)")
-        code_dir = (base_dir / spec.code_dir).resolve() if spec.code_dir else base_dir
-        _check_user_trainable(spec.trainable, code_dir, source)
-        updates["code_dir"] = str(code_dir)
+        updates.update(model=model, data=data)
+        _check_knobs(spec, parsed, source, builtin_only=model in MODELS and data.factory is None)
     if spec.scheduler.max_t is not None and spec.scheduler.grace_period > spec.scheduler.max_t:
         raise SpecError(source, "scheduler.grace_period", f"must be <= max_t ({spec.scheduler.max_t})",
                         spec.scheduler.grace_period)
     return spec.model_copy(update=updates)
 
 
-def _check_builtin(spec: JobSpec, space: Mapping[str, Mapping[str, list]], source: str) -> None:
-    if spec.metric not in BUILTIN_METRICS:
-        raise SpecError(source, "metric", f"built-in trainables report {', '.join(BUILTIN_METRICS)}", spec.metric)
-    if BUILTIN_METRICS[spec.metric] != spec.mode:
-        raise SpecError(source, "mode", f"{spec.metric} is to be {BUILTIN_METRICS[spec.metric]}imised", spec.mode)
+def _check_trainable(spec: JobSpec, source: str, code_dir: Path) -> None:
+    """A user's own Ray Tune loop: no model or data of ours, an importable function."""
+    if spec.trainable in MODELS:
+        raise SpecError(source, "trainable", f"{spec.trainable} is a built-in model: write model: {spec.trainable}",
+                        spec.trainable)
+    if spec.model is not None or spec.data is not None:
+        raise SpecError(source, "model" if spec.model is not None else "data",
+                        "is for the service's training loop; a trainable (your own Ray loop) builds its own "
+                        "model and reads its own data (pass paths through fixed)")
+    _import(spec.trainable, code_dir, "trainable", source)  # type: ignore[arg-type]
+
+
+def _import(reference: str, code_dir: Path, kind: str, source: str) -> None:
+    try:
+        import_function(reference, code_dir, kind=kind)
+    except FactoryError as exc:
+        raise SpecError(source, "data" if kind == "data" else kind, str(exc), reference) from None
+
+
+def _check_knobs(spec: JobSpec, space: Mapping[str, Mapping[str, list]], source: str, *, builtin_only: bool) -> None:
+    """Knob values against their rules. With only built-ins (mlp/cnn on built-in data), a key that is no
+    knob is a typo; with your own model or data, it is passed in ``config`` to your factories."""
+    metrics = LOOP_METRICS[spec.task]
+    if spec.metric not in metrics:
+        raise SpecError(source, "metric", f"the training loop reports {', '.join(metrics)} for {spec.task}",
+                        spec.metric)
+    if metrics[spec.metric] != spec.mode:
+        raise SpecError(source, "mode", f"{spec.metric} is to be {metrics[spec.metric]}imised", spec.mode)
     knobs = [k for k in DEFAULTS if k != "epochs"]
     for section, keys in (("fixed", spec.fixed), ("search.space", space)):
         for key in keys:
             if key == "epochs":
                 raise SpecError(source, f"{section}.epochs", "set trial.epochs instead")
-            if key not in DEFAULTS:
+            if builtin_only and key not in DEFAULTS:
                 close = difflib.get_close_matches(str(key), knobs, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else f"knobs: {', '.join(knobs)}"
-                raise SpecError(source, f"{section}.{key}", f"not a knob of the built-in trainables; {hint}")
+                raise SpecError(source, f"{section}.{key}", f"not a knob of the training loop; {hint}")
     for key, value in spec.fixed.items():
         if (problem := knob_problem(key, value)) is not None:
             raise SpecError(source, f"fixed.{key}", problem, value)
@@ -393,19 +432,3 @@ def _existing_data(data: DataSpec, base_dir: Path, source: str) -> Path:
     elif not path.is_file():
         raise SpecError(source, "data.path", "no such file", data.path)
     return path
-
-
-def _check_user_trainable(target: str, code_dir: Path, source: str) -> None:
-    module_name, sep, function = target.partition(":")
-    if not sep or not module_name or not function:
-        raise SpecError(source, "trainable", f"must be one of {', '.join(MODELS)} or module:function", target)
-    sys.path.insert(0, str(code_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except (ImportError, SyntaxError) as exc:
-        raise SpecError(source, "trainable", f"cannot import {module_name!r} from {code_dir} or PYTHONPATH "
-                        f"({exc})", target) from None
-    finally:
-        sys.path.remove(str(code_dir))
-    if not callable(getattr(module, function, None)):
-        raise SpecError(source, "trainable", f"module {module_name!r} has no function {function!r}", target)

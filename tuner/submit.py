@@ -73,7 +73,7 @@ def _stage(spec_path: Path, spec: JobSpec, folder: Path) -> list[str]:
     """Fill ``folder`` with what the cluster needs; return the `--set` overrides the entrypoint adds."""
     overrides = ["ray.address=auto"]
     raw = yaml.safe_load(spec_path.read_text())
-    if not spec.is_builtin:
+    if spec.user_code:
         shutil.copytree(spec.code_dir, folder, dirs_exist_ok=True,  # type: ignore[arg-type]
                         ignore=shutil.ignore_patterns("__pycache__", ".git", "*.pyc", ".venv"))
         overrides.append("code_dir=.")
