@@ -63,7 +63,7 @@ def small_spec(tmp_path: Path, **sections) -> "JobSpec":  # noqa: F821
 
 # Workers of the shared in-process Ray import the tests' user trainables and models from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DATA / "user_trainables"), str(DATA / "user_models"),
-                                                         os.environ.get("PYTHONPATH")]))
+                                                         str(EXAMPLES / "diabetes-regression"), os.environ.get("PYTHONPATH")]))
 
 
 # ----------------------------------------------------------------------------- real servers

@@ -139,7 +139,7 @@ def test_the_loop_trains_a_user_model_on_a_user_dataset_reproducibly():
     runs = []
     for _ in range(2):
         history = []
-        fit({"epochs": 2, "clip": 1.0, "lr_decay": 0.5, "optimizer": "momentum"}, model=nets.build,
+        fit({"epochs": 2, "clip": 1.0, "lr_decay": 0.5}, model=nets.build,
             data=digits_data.load, report=lambda m, c: history.append(m))
         runs.append(history)
     assert runs[0] == runs[1]
@@ -187,11 +187,15 @@ def test_tuner_check_runs_the_three_checks_on_your_model(tmp_path):
 def test_a_diverging_user_model_trial_fails_alone(ray_session, tmp_path):
     from tuner.run import run_job
 
-    spec = _spec(search={"num_samples": 1, "space": {"lr": {"choice": [1.0e6]}}}, fixed={"optimizer": "sgd"})
+    spec = spec_from_mapping({
+        "name": "diverges", "model": "tabular:build", "data": "diabetes:load", "task": "regression",
+        "code_dir": str(EXAMPLES / "diabetes-regression"), "trial": {"epochs": 2}, "ensemble": {"top_k": 0},
+        "search": {"num_samples": 2, "space": {"lr": {"choice": [1.0e6, 0.001]}}}, "fixed": {"optimizer": "sgd"}})
     result = run_job(spec, output_root=tmp_path)
-    assert result.statuses == {"trial-001": "FAILED"}
-    _, _, (child,) = children(result.tracking_uri, result.parent_run_id)
-    assert child.data.tags["tuner.end"] == "diverged"
+    _, _, runs = children(result.tracking_uri, result.parent_run_id)
+    by_lr = {float(r.data.params["lr"]): r for r in runs}
+    assert by_lr[1.0e6].info.status == "FAILED" and by_lr[1.0e6].data.tags["tuner.end"] == "diverged"
+    assert by_lr[0.001].info.status == "FINISHED" and result.succeeded
 
 
 @pytest.mark.slow
