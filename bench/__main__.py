@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-ALL = ["startup", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain"]
+ALL = ["startup", "loop", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain"]
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ALL:

@@ -49,22 +49,24 @@ def service(spec, tmp: Path) -> float:
     return t.seconds
 
 
-def service_without_tracking(spec, tmp: Path, dataset=None) -> float:
-    from tuner.run import make_tuner, new_run_folder
+def service_without_tracking(spec, tmp: Path, made=None) -> float:
+    from tuner.folders import new_run_folder
+    from tuner.run import make_tuner
 
     with Timer() as t:
-        make_tuner(spec, new_run_folder(spec, tmp), [], dataset).fit()
+        make_tuner(spec, new_run_folder(spec, tmp), [], made).fit()
     return t.seconds
 
 
-def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> Timer:
+def service_tune_phase(spec, tmp: Path, made, *, tracking: bool) -> Timer:
     """Only `Tuner.fit` of the job, with or without the tracking callback (plus flushing what it wrote).
 
     With tracking, the timer also carries the tracking's own work, counted: ``callback_cpu_s`` (the
     callback on Tune's loop), ``writer_cpu_s`` (the writer's deliveries, the final one included) and
     ``flush_s`` (the final flush's wall time, which nothing else overlaps).
     """
-    from tuner.run import make_tuner, new_run_folder, tracking_uri_for
+    from tuner.folders import new_run_folder, tracking_uri_for
+    from tuner.run import make_tuner
     from tuner.tracking import start_parent_run
 
     folder = new_run_folder(spec, tmp)
@@ -76,7 +78,7 @@ def service_tune_phase(spec, tmp: Path, dataset, *, tracking: bool) -> Timer:
         callbacks = [_timed_callback_class()(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
                                                 parent_run_id=parent, metric=spec.metric, mode=spec.mode)]
     with Timer() as t:
-        make_tuner(spec, folder, callbacks, dataset).fit()
+        make_tuner(spec, folder, callbacks, made).fit()
         if tracking:
             tracker = callbacks[0].tracker  # the job's writer (after close, `.tracker` would start a new one)
             with Timer() as flush:
@@ -250,10 +252,10 @@ def _digits_workload(pairs: int) -> list[dict[str, Any]]:
     from tuner.spec import load_spec
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
-    dataset = factories(demo)
+    made = factories(demo)
 
     def run(tracking: bool) -> Timer:
-        return _in_fresh_folder(lambda tmp: service_tune_phase(demo, tmp, dataset, tracking=tracking))
+        return _in_fresh_folder(lambda tmp: service_tune_phase(demo, tmp, made, tracking=tracking))
 
     # The effect (a few tenths of a second) is smaller than the drift between 15-second runs on a
     # shared machine, so runs are paired, and the arm that goes first alternates (ABBA): a drift, or a

@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return timed
 
     demo = load_spec(ROOT / "examples" / "digits-mlp.yaml", overrides=["ensemble.top_k=0", f"mlflow.tracking_uri={STORE}"])
-    dataset = factories(demo)
+    made = factories(demo)
     for name, original in originals.items():
         setattr(MlflowClient, name, wrap(name, original))
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            wall = service_tune_phase(demo, Path(tmp), dataset, tracking=True).seconds
+            wall = service_tune_phase(demo, Path(tmp), made, tracking=True).seconds
     finally:
         for name, original in originals.items():
             setattr(MlflowClient, name, original)

@@ -77,7 +77,7 @@ def phases() -> dict[str, float]:
         setattr(module, name, wrapper)
 
     timed(tracking, "start_parent_run", "MLflow parent run (new SQLite store)")
-    timed(run, "_load_data", "load the data set")
+    timed(run, "factories", "load the data set")
     timed(run, "_init_ray", "ray.init")
 
     class FirstTrial(tune.Callback):

@@ -128,7 +128,7 @@ def test_server_that_never_returns_leaves_events_for_tuner_sync(ray_session, ser
     server.start()
     synced = CliRunner().invoke(app, ["sync", str(folder)])
     assert synced.exit_code == 0, synced.output
-    assert f"; 0 left" in synced.output
+    assert "; 0 left" in synced.output
     _assert_all_delivered(server.url, result, trials=4, epochs=6)
 
 

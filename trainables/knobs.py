@@ -53,7 +53,7 @@ def _integer(value: Any) -> bool:
 
 
 _RULES: dict[str, tuple[str, Any]] = {
-    "seed": ("an integer >= 0", lambda v: _integer(v) and v >= 0),
+    "seed": ("an integer in 0 .. 2**32 - 1", lambda v: _integer(v) and 0 <= v < 2**32),
     "epochs": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "batch_size": ("an integer >= 1", lambda v: _integer(v) and v >= 1),
     "lr": ("a number >= 0", lambda v: _number(v) and v >= 0),

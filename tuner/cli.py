@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional
@@ -28,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import UserError
+from tuner.errors import UserError, redact_uri, tracking_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
@@ -196,13 +195,14 @@ def _print_result(result: Any, job: Any) -> None:
         score = "acc" if e["task"] == "classification" else "rmse"
         out.print(f"ensemble of {len(e['members'])}: test {score} {e[f'ensemble_test_{score}']:.4f} "
                   f"(best single {e[f'best_single_test_{score}']:.4f}); model {where}")
-    out.print(f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}")
+    where = redact_uri(result.tracking_uri)
+    out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
     out.print(f"MLflow UI: {_ui_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}"
               + ("  (after `tuner ui`)" if local else ""))
-    out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {result.tracking_uri}")
+    out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {where}")
     if result.undelivered:
-        err.print(f"{result.undelivered} tracking events were not delivered to {result.tracking_uri}; they are kept "
+        err.print(f"{result.undelivered} tracking events were not delivered to {where}; they are kept "
                   f"in {result.run_folder}/tracking: run `tuner sync {result.run_folder}` once the server is back")
 
 
@@ -211,9 +211,9 @@ TrackingOption = typer.Option(None, "--tracking-uri", help="MLflow store; defaul
 
 
 def _store(tracking_uri: str | None, output_dir: Path) -> str:
-    from tuner.run import embedded_store
+    from tuner.folders import store_uri
 
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_store(output_dir)
+    return store_uri(tracking_uri, output_dir)
 
 
 @app.command()
@@ -229,7 +229,9 @@ def export(job: str = typer.Argument(..., help="Job name or parent run id."),
     if format not in ("yaml", "json"):
         raise UserError(f"--format: must be yaml or json (got {format!r})")
     _quiet(False)
-    spec = best_spec(_store(tracking_uri, output_dir), job)
+    store = _store(tracking_uri, output_dir)
+    with tracking_errors(store, f"read job {job}"):
+        spec = best_spec(store, job)
     write_spec(spec, output, fmt=format, force=force)
     out.print(f"wrote {output} (best trial {spec['_exported']['trial']} of run {spec['_exported']['from_run']})")
     if spec["_exported"]["model_uri"]:
@@ -262,7 +264,8 @@ def train(spec: Path = typer.Argument(..., help="A spec, typically from tuner ex
 def resume(job: str = typer.Argument(..., help="Job name (its newest run) or run folder."),
            output_dir: Path = OutputOption, verbose: bool = VerboseOption) -> None:
     """Finish an interrupted job: same trials, same MLflow parent run."""
-    from tuner.run import find_run_folder, resume_job
+    from tuner.folders import find_run_folder
+    from tuner.run import resume_job
     from tuner.spec import load_spec
 
     folder = find_run_folder(output_dir, job)
@@ -277,15 +280,16 @@ def resume(job: str = typer.Argument(..., help="Job name (its newest run) or run
 def sync(job: str = typer.Argument(..., help="Job name (its newest run) or run folder."),
          output_dir: Path = OutputOption) -> None:
     """Deliver tracking events that the MLflow server missed."""
-    from tuner.run import find_run_folder
+    from tuner.folders import find_run_folder, run_folder_lock
     from tuner.tracking import sync as deliver
 
     folder = find_run_folder(output_dir, job)
     state = folder.read_state()
     _quiet(False)
-    delivered, left = deliver(folder.tracking, tracking_uri=state["tracking_uri"],
-                              experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-    out.print(f"delivered {delivered} events to {state['tracking_uri']}; {left} left")
+    with run_folder_lock(folder.path, "tuner sync"):
+        delivered, left = deliver(folder.tracking, tracking_uri=folder.tracking_uri(state),
+                                  experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+    out.print(f"delivered {delivered} events to {redact_uri(state['tracking_uri'])}; {left} left")
     raise typer.Exit(0 if left == 0 else 1)
 
 
@@ -297,7 +301,7 @@ def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store i
     """Start the MLflow UI on the job's store (Ctrl-C stops it)."""
     import subprocess
 
-    from tuner.run import tracking_uri_for
+    from tuner.folders import tracking_uri_for
     from tuner.spec import load_spec
 
     uri = tracking_uri_for(load_spec(spec), output_dir) if spec else _store(tracking_uri, output_dir)
@@ -314,10 +318,13 @@ def runs(tracking_uri: Optional[str] = TrackingOption, output_dir: Path = Output
     from tuner.show import job_runs
 
     _quiet(False)
-    table = Table(title=f"jobs in {_store(tracking_uri, output_dir)}", title_justify="left")
+    store = _store(tracking_uri, output_dir)
+    with tracking_errors(store, "list the jobs"):
+        rows = job_runs(store)
+    table = Table(title=f"jobs in {redact_uri(store)}", title_justify="left")
     for column in ("job", "parent run", "started", "status", "best"):
         table.add_column(column)
-    for row in job_runs(_store(tracking_uri, output_dir)):
+    for row in rows:
         table.add_row(*row)
     out.print(table)
 
@@ -330,7 +337,9 @@ def show(job: str = typer.Argument(..., help="Job name or parent run id."),
     from tuner.show import job_trials
 
     _quiet(False)
-    title, columns, rows = job_trials(_store(tracking_uri, output_dir), job)
+    store = _store(tracking_uri, output_dir)
+    with tracking_errors(store, f"read job {job}"):
+        title, columns, rows = job_trials(store, job)
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column)

@@ -6,9 +6,12 @@ prints it as one line and exits with code 2; anything else is a bug and keeps it
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import unicodedata
+from typing import Any, Iterator
 
-__all__ = ["UserError", "SpecError", "NotFoundError"]
+__all__ = ["UserError", "SpecError", "NotFoundError", "TrackingUnavailable", "TrackingRefused", "printable",
+           "is_refusal", "tracking_errors", "redact_uri"]
 
 _MAX_SHOWN = 80
 
@@ -18,10 +21,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters (newlines, escape codes) written as escapes: one line that
+    cannot move the cursor or recolour a terminal, whatever a spec or a server put in it."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in text)
+
+
 class UserError(Exception):
     """An error in what the user asked for; printed as one line, exit code 2."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class SpecError(UserError):
@@ -46,3 +58,51 @@ class SpecError(UserError):
 
 class NotFoundError(UserError):
     """A job, run or file the user named does not exist."""
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow store did not answer (connection refused, timed out, 5xx): try again later."""
+
+
+class TrackingRefused(UserError):
+    """The MLflow store answered and refused the request (4xx): retrying the same request cannot help."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether an MLflow error is a permanent refusal of the request (a 4xx answer: an invalid name or
+    value, a missing run, no permission) rather than an outage (no answer, 5xx, 408 or 429)."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    status = exc.get_http_status_code()
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+@contextlib.contextmanager
+def tracking_errors(tracking_uri: str, doing: str) -> Iterator[None]:
+    """MLflow failures while ``doing`` something with the store, as one line: a refusal or an outage."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except (MlflowException, RequestException, OperationalError, ConnectionError, TimeoutError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
+        where = redact_uri(tracking_uri)
+        if is_refusal(exc):
+            raise TrackingRefused(f"MLflow at {where} refused to {doing}: {first}") from None
+        raise TrackingUnavailable(f"MLflow at {where} did not answer when asked to {doing} ({first}); "
+                                  f"nothing was changed: try again when it is reachable") from None
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with any password in it replaced by ***, for messages and files."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.password:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tuner.errors import NotFoundError, UserError
+from tuner.spec import NAME_PATTERN
 from tuner.tracking import JOB_TAG
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -33,6 +34,8 @@ def find_parent_run(tracking_uri: str, job: str):
             return client.get_run(job)
         except MlflowException:
             raise NotFoundError(f"{job}: no run with this id in {tracking_uri}") from None
+    if not NAME_PATTERN.fullmatch(job):  # never built into a filter string unchecked
+        raise NotFoundError(f"{job!r}: not a job name ({NAME_PATTERN.pattern}) or a 32-hex run id")
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`{JOB_TAG}` = '{job}'",
                               order_by=["attributes.start_time DESC"], max_results=1) if experiments else []

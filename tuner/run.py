@@ -1,11 +1,6 @@
 """Run and resume a job: JobSpec -> `ray.tune.Tuner.fit()` (or `Tuner.restore()`) -> JobResult.
 
-A job writes only inside its run folder, ``<output_root>/<name>/<timestamp>/``:
-  spec.yaml        the validated spec (absolute paths), what `tuner resume` re-reads
-  job.json         the MLflow parent run and store it tracks to
-  ray/             Ray Tune's experiment folder (trial checkpoints, searcher state)
-  tracking/        the MLflow event journal (see tuner.tracking)
-  report/          trials.csv and the plots, also logged to the parent run
+A job writes only inside its run folder (`tuner.folders` lays it out and locks it).
 """
 
 from __future__ import annotations
@@ -16,12 +11,13 @@ import logging
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuner.errors import NotFoundError, UserError
+from tuner.errors import NotFoundError, UserError, redact_uri, tracking_errors
+from tuner.folders import (DEFAULT_OUTPUT_ROOT, RunFolder, new_run_folder, run_folder_lock, store_lock,
+                           tracking_uri_for)
 from tuner.spec import JobSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -34,44 +30,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # made 1,000 short trials 9x slower, bench/bookkeeping.py). Trial ends reach the journal only after a
 # snapshot that includes them (tuner.tracking), so `tuner resume` never re-runs a journaled trial.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-
-DEFAULT_OUTPUT_ROOT = Path("tuner_runs")
-EMBEDDED_STORE = "mlflow.db"
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    path: Path
-
-    @property
-    def spec(self) -> Path:
-        return self.path / "spec.yaml"
-
-    @property
-    def state(self) -> Path:
-        return self.path / "job.json"
-
-    @property
-    def tracking(self) -> Path:
-        return self.path / "tracking"
-
-    @property
-    def ray(self) -> Path:
-        return self.path / "ray"
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report"
-
-    def read_state(self) -> dict[str, Any]:
-        return json.loads(self.state.read_text())
-
-    def write_state(self, **fields: Any) -> None:
-        state = {**(self.read_state() if self.state.exists() else {}), **fields}
-        tmp = self.state.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state)
-
 
 @dataclass
 class JobResult:
@@ -92,37 +50,6 @@ class JobResult:
     def succeeded(self) -> bool:
         """At least one trial ran to its end or was stopped by the scheduler with results."""
         return any(status in ("FINISHED", "KILLED") for status in self.statuses.values())
-
-
-def embedded_store(output_root: Path) -> str:
-    """The default MLflow store: a SQLite file in the output folder."""
-    return f"sqlite:///{(output_root / EMBEDDED_STORE).resolve()}"
-
-
-def tracking_uri_for(spec: JobSpec, output_root: Path) -> str:
-    """The spec's store, else $MLFLOW_TRACKING_URI, else the embedded store."""
-    uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None:
-        return embedded_store(output_root)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_absolute():
-        return f"sqlite:///{(output_root / uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-def job_folders(output_root: Path, name: str) -> list[RunFolder]:
-    """A job's run folders, oldest first."""
-    base = output_root / name
-    return [RunFolder(p) for p in sorted(base.iterdir()) if (p / "job.json").exists()] if base.is_dir() else []
-
-
-def find_run_folder(output_root: Path, job: str) -> RunFolder:
-    """A run folder by path, or the newest run of a job by name."""
-    if Path(job).is_dir() and (Path(job) / "job.json").exists():
-        return RunFolder(Path(job))
-    folders = job_folders(output_root, job)
-    if not folders:
-        raise NotFoundError(f"{job}: no such job in {output_root}/ (give the job name or its run folder)")
-    return folders[-1]
 
 
 # ------------------------------------------------------------------------------------------- Ray
@@ -265,17 +192,6 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
 # ------------------------------------------------------------------------------------------ jobs
 
 
-def new_run_folder(spec: JobSpec, output_root: Path) -> RunFolder:
-    base = output_root / spec.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, n = base / stamp, 1
-    while path.exists():
-        n += 1
-        path = base / f"{stamp}-{n}"
-    path.mkdir(parents=True)
-    return RunFolder(path.resolve())
-
-
 def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
             callbacks: list | None = None, verbose: bool = False) -> JobResult:
     """Run a validated job to its end.
@@ -284,35 +200,42 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     (the CLI's progress view).
     """
     from tuner.search import asha_max_t
-    from tuner.tracking import TrackingCallback, start_parent_run
+    from tuner.tracking import Tracker, TrackingCallback, start_parent_run
 
     output_root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri_for(spec, output_root)
     spec_yaml = spec.to_yaml()
     check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks or []}
-    experiment_id, parent_run_id = start_parent_run(
-        tracking_uri=uri, experiment=spec.experiment, job_name=spec.name, spec_yaml=spec_yaml,
-        params=_spec_params(spec), tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
-                                         **check_tags})
+    with store_lock(uri), tracking_errors(uri, "start the job's parent run"):
+        experiment_id, parent_run_id = start_parent_run(
+            tracking_uri=uri, experiment=spec.experiment, job_name=spec.name, spec_yaml=spec_yaml,
+            params=_spec_params(spec), tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
+                                             **check_tags})
     folder = new_run_folder(spec, output_root)
-    folder.spec.write_text(spec_yaml)
-    folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent_run_id,
-                       status="running")
-    callback = TrackingCallback(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
-                                parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
-                                max_t=asha_max_t(spec))
-    made = factories(spec)
-    _leave_ray_working_dir(folder)
-    started = _init_ray(spec, verbose=verbose)
-    try:
-        with _stop_on_sigterm() as stopped:
-            results = make_tuner(spec, folder, [callback, *(callbacks or [])], made, verbose=verbose).fit()
-    finally:
-        if started:
-            import ray
+    with run_folder_lock(folder.path, f"tuner run {spec.name}"):
+        folder.spec.write_text(spec_yaml)
+        folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id,
+                           parent_run_id=parent_run_id, status="running")
+        # The writer gets the store's URI as given; the callback, which Tune pickles into the run
+        # folder, only its redacted form (it finds this writer by its folder).
+        tracker = Tracker.for_run(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                  parent_run_id=parent_run_id)
+        callback = TrackingCallback(folder=folder.tracking, tracking_uri=redact_uri(uri), experiment_id=experiment_id,
+                                    parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
+                                    max_t=asha_max_t(spec))
+        with _parent_fails_with_the_job(folder, tracker, spec):
+            made = factories(spec)
+            _leave_ray_working_dir(folder)
+            started = _init_ray(spec, verbose=verbose)
+            try:
+                with _stop_on_sigterm() as stopped:
+                    results = make_tuner(spec, folder, [callback, *(callbacks or [])], made, verbose=verbose).fit()
+            finally:
+                if started:
+                    import ray
 
-            ray.shutdown()
-    return _finish(spec, folder, results, callback.tracker, made, stopped=stopped.is_set())
+                    ray.shutdown()
+            return _finish(spec, folder, results, tracker, made, stopped=stopped.is_set())
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
@@ -326,24 +249,58 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
 
     spec = load_spec(folder.spec)
     state = folder.read_state()
-    made = factories(spec)
-    _leave_ray_working_dir(folder)
-    started = _init_ray(spec, verbose=verbose)
-    try:
-        # The TrackingCallback comes back with the experiment (Tune pickled it) and reopens the journal.
-        synchronous_snapshots()
-        tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, made),
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
-        with _stop_on_sigterm() as stopped:
-            results = tuner.fit()
-    finally:
-        if started:
-            import ray
+    with run_folder_lock(folder.path, f"tuner resume {spec.name}"):
+        tracker = Tracker.for_run(folder.tracking, tracking_uri=folder.tracking_uri(state),
+                                  experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+        with _parent_fails_with_the_job(folder, tracker, spec):
+            made = factories(spec)
+            _leave_ray_working_dir(folder)
+            started = _init_ray(spec, verbose=verbose)
+            try:
+                # The TrackingCallback comes back with the experiment (Tune pickled it) and reopens the
+                # journal: the same Tracker as above (one per run folder in a process).
+                synchronous_snapshots()
+                tuner = tune.Tuner.restore(str(folder.ray.resolve()), trainable=_trainable(spec, made),
+                                           resume_unfinished=True, resume_errored=False, restart_errored=False)
+                with _stop_on_sigterm() as stopped:
+                    results = tuner.fit()
+            finally:
+                if started:
+                    import ray
 
-            ray.shutdown()
-    tracker = Tracker.for_run(folder.tracking, tracking_uri=state["tracking_uri"],
-                              experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-    return _finish(spec, folder, results, tracker, made, stopped=stopped.is_set())
+                    ray.shutdown()
+            return _finish(spec, folder, results, tracker, made, stopped=stopped.is_set())
+
+
+class JobFailed(UserError):
+    """The job failed after its parent run started; the parent run is FAILED with the reason."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _parent_fails_with_the_job(folder: RunFolder, tracker, spec: JobSpec) -> Iterator[None]:
+    """Whatever stops the job after its parent run exists (a data file that does not parse, an engine
+    error, a full disk) ends the parent run FAILED with the reason, never RUNNING: the traceback goes
+    to ``error.txt`` in the run folder and on the parent run, the command prints one line."""
+    import traceback
+
+    try:
+        yield
+    except (JobFailed, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        trace = folder.path / "error.txt"
+        try:
+            trace.write_text(traceback.format_exc())
+            tracker.emit("artifact", path=str(trace), artifact_path=None)
+            tracker.emit("parent", tags={"tuner.status": "FAILED", "error": reason})
+            tracker.emit("parent_end", status="FAILED")
+        finally:
+            left = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
+            folder.write_state(status="failed", error=reason, undelivered=left)
+        raise JobFailed(f"{spec.name}: the job failed: {reason} (parent run FAILED; traceback in {trace})") from exc
 
 
 @contextlib.contextmanager

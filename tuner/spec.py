@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
@@ -31,12 +32,13 @@ MAX_SPEC_NODES = 10_000  # a spec has tens of values; more means an alias bomb o
 # What the service's loop reports, by task, and the direction each is optimised in.
 LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_acc": "max"},
                 "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min"}}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string match (fullmatch): no trailing newline
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
+MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take seeds below 2**32
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataSpec(_Section):
@@ -49,7 +51,7 @@ class DataSpec(_Section):
     label_column: str = "label"  # csv: the column holding the labels (classes or regression targets)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)  # share of examples held out for validation
     test_fraction: float = Field(0.15, gt=0, lt=0.5)  # share held out for the final test (never for selection)
-    split_seed: int = Field(0, ge=0)  # the split is fixed by this seed, the same for every trial
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)  # the split is fixed by this seed, the same for every trial
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -63,8 +65,8 @@ class DataSpec(_Section):
 class SearchSpec(_Section):
     algorithm: Literal["tpe", "random"] = "tpe"  # Optuna TPESampler or RandomSampler
     num_samples: int = Field(16, ge=1, le=100_000)  # trials in the job
-    max_concurrent: int = Field(2, ge=1)  # trials running at once
-    seed: int = Field(0, ge=0)  # the sampler's seed
+    max_concurrent: int = Field(2, ge=1, le=10_000)  # trials running at once
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # the sampler's seed
     space: Any = "training_tricks"  # a preset name or an inline mapping (checked by search_spaces)
 
 
@@ -76,8 +78,8 @@ class SchedulerSpec(_Section):
 
 
 class ResourcesSpec(_Section):
-    cpu: float = Field(1.0, gt=0)  # CPUs per trial
-    gpu: float = Field(0.0, ge=0)  # GPUs per trial; fractional shares a GPU (0.25 = four trials per GPU)
+    cpu: float = Field(1.0, gt=0, le=1024)  # CPUs per trial
+    gpu: float = Field(0.0, ge=0, le=64)  # GPUs per trial; fractional shares a GPU (0.25 = four trials per GPU)
 
     @field_validator("gpu")
     @classmethod
@@ -109,14 +111,18 @@ class MlflowSpec(_Section):
     def _known_scheme(cls, uri: str | None) -> str | None:
         if uri is None:
             return None
-        scheme = uri.split(":", 1)[0] if ":" in uri else ""
+        scheme = uri.split(":", 1)[0] if ":" in uri else uri
         if scheme not in TRACKING_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(TRACKING_SCHEMES)}")
+        if urlsplit(uri).password:
+            raise ValueError("holds a password, which would be written into the run folder and MLflow: "
+                             "give it in MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
         if scheme == "sqlite":
-            path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
-            if not path or Path(path).is_absolute() or ".." in Path(path).parts:
-                raise ValueError("a sqlite store is a relative path inside the output directory, "
-                                 "like sqlite:///mlflow.db")
+            # Percent-decoded as SQLAlchemy does, so %2e%2e cannot climb out of the output folder.
+            path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""
+            if not path.strip("/") or (not Path(path).is_absolute() and ".." in Path(path).parts):
+                raise ValueError("a sqlite store is sqlite:////absolute/path.db, or sqlite:///relative.db "
+                                 "inside the output directory")
         return uri
 
 
@@ -146,7 +152,7 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not NAME_PATTERN.match(name) or name in (".", ".."):
+        if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
             raise ValueError("must be 1-100 of A-Z a-z 0-9 _ . - (it names a folder and an MLflow experiment)")
         return name
 
@@ -199,6 +205,11 @@ class _StrictLoader(yaml.SafeLoader):
 def _parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SpecError(source, "", "not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a tagged or timestamp-like value PyYAML cannot build
+        raise SpecError(source, "", f"not valid YAML: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -230,9 +241,10 @@ def load_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> JobSpec:
     source = str(path)
     if not path.is_file():
         raise SpecError(source, "", "no such file")
-    raw_bytes = path.read_bytes()
+    with open(path, "rb") as f:
+        raw_bytes = f.read(MAX_SPEC_BYTES + 1)  # never more than that, whatever the file's size
     if len(raw_bytes) > MAX_SPEC_BYTES:
-        raise SpecError(source, "", f"larger than {MAX_SPEC_BYTES} bytes; a spec is a short file", len(raw_bytes))
+        raise SpecError(source, "", f"larger than {MAX_SPEC_BYTES} bytes; a spec is a short file")
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError:
@@ -254,6 +266,8 @@ def spec_from_mapping(raw: Any, *, source: str = "spec", base_dir: Path | None =
     raw = _plain(raw)
     for override in overrides:
         _apply_override(raw, override, source)
+    if overrides and _count_nodes(raw, MAX_SPEC_NODES) > MAX_SPEC_NODES:
+        raise SpecError(source, "--set", f"expands to more than {MAX_SPEC_NODES} values (YAML aliases?)")
     if isinstance(raw.get("data"), str):
         raw["data"] = {"factory" if ":" in raw["data"] else "name": raw["data"]}
     try:
@@ -277,6 +291,9 @@ def _apply_override(raw: dict, override: str, source: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise SpecError(source, "--set", "must look like key.path=value", override)
     value = _parse_yaml(text, f"{source} (--set {key})") if text.strip() else None
+    if _count_nodes(value, MAX_SPEC_NODES) > MAX_SPEC_NODES:
+        raise SpecError(source, f"--set {key}", f"expands to more than {MAX_SPEC_NODES} values (YAML aliases?)")
+    value = _plain(value)
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
@@ -304,13 +321,21 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _union_tag(part: Any) -> bool:
+    """The tags pydantic puts in an error's location for union members ("str", "function-after[...]", ...)."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none")
+                                      or bool(re.fullmatch(r"[a-z-]+\[.*\]", part)) or part.startswith("function-"))
+
+
 def _to_spec_error(exc: ValidationError, source: str) -> SpecError:
     error = exc.errors()[0]
     # Drop the union-member tags pydantic puts in locations ("str", "function-after[...]", ...).
-    loc = [part for part in error["loc"] if not (isinstance(part, str) and (
-        part in ("str", "int", "float", "bool", "none") or "[" in part or part.startswith("function-")))]
-    field = ".".join(str(p) for p in loc)
     kind = error["type"]
+    *path, last = error["loc"] or ("",)
+    loc = [part for part in path if not _union_tag(part)]
+    if kind == "extra_forbidden" or not _union_tag(last):  # an unknown key is the user's, whatever it looks like
+        loc.append(last)
+    field = ".".join(str(p) for p in loc)
     if kind == "extra_forbidden":
         known = _fields_at(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
