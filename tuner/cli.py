@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import UserError, redact_uri, tracking_errors
+from tuner.errors import UserError, describe, redact_uri, tracking_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
@@ -99,8 +99,13 @@ def _run_checks(job: Any) -> list:
     from trainables.checks import run_checks
     from tuner.run import factories, trial_config
 
-    made = factories(job)
-    return run_checks(trial_config(job), model=made.model, data=made.data, task=job.task)
+    try:
+        made = factories(job)
+        return run_checks(trial_config(job), model=made.model, data=made.data, task=job.task)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the data or model the user gave failed: one line, where it failed
+        raise UserError(f"the sanity checks could not run: {describe(exc)}") from None
 
 
 def _print_checks(results: list) -> None:

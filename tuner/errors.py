@@ -106,3 +106,14 @@ def redact_uri(uri: str) -> str:
         return uri
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an exception raised by code the user gave (a data file, a model): its type, its
+    message's first line and where it was raised (file:line), without the traceback."""
+    import traceback
+
+    message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {message[:300]}{where}"

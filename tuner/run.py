@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuner.errors import NotFoundError, UserError, redact_uri, tracking_errors
+from tuner.errors import NotFoundError, UserError, describe, redact_uri, tracking_errors
 from tuner.folders import (DEFAULT_OUTPUT_ROOT, RunFolder, new_run_folder, run_folder_lock, store_lock,
                            tracking_uri_for)
 from tuner.spec import JobSpec, load_spec
@@ -282,24 +282,38 @@ class JobFailed(UserError):
 def _parent_fails_with_the_job(folder: RunFolder, tracker, spec: JobSpec) -> Iterator[None]:
     """Whatever stops the job after its parent run exists (a data file that does not parse, an engine
     error, a full disk) ends the parent run FAILED with the reason, never RUNNING: the traceback goes
-    to ``error.txt`` in the run folder and on the parent run, the command prints one line."""
+    to ``error.txt`` in the run folder and on the parent run, the command prints one line. Ctrl-C
+    that gets past Tune ends it KILLED."""
     import traceback
+
+    from tuner.tracking import JournalWriteError
 
     try:
         yield
-    except (JobFailed, KeyboardInterrupt):
+    except JobFailed:
+        raise
+    except KeyboardInterrupt:
+        tracker.emit("parent_end", status="KILLED")
+        folder.write_state(status="killed", undelivered=tracker.close(timeout_s=spec.mlflow.flush_timeout_s))
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        reason = describe(exc)
         trace = folder.path / "error.txt"
         try:
             trace.write_text(traceback.format_exc())
             tracker.emit("artifact", path=str(trace), artifact_path=None)
             tracker.emit("parent", tags={"tuner.status": "FAILED", "error": reason})
             tracker.emit("parent_end", status="FAILED")
-        finally:
-            left = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
-            folder.write_state(status="failed", error=reason, undelivered=left)
+            folder.write_state(status="failed", error=reason,
+                               undelivered=tracker.close(timeout_s=spec.mlflow.flush_timeout_s))
+        except (OSError, JournalWriteError) as disk:  # the run folder cannot be written either: tell MLflow directly
+            reason += f"; the run folder could not record it ({describe(disk)})"
+            try:
+                tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
+                tracker.delivery.client.set_tag(tracker.delivery.parent_run_id, "error", reason[:5000])
+                tracker.delivery.client.set_terminated(tracker.delivery.parent_run_id, status="FAILED")
+            except Exception as mlflow_too:  # noqa: BLE001 - said in the one line below
+                reason += f"; nor could MLflow ({describe(mlflow_too)}): the parent run may still show RUNNING"
         raise JobFailed(f"{spec.name}: the job failed: {reason} (parent run FAILED; traceback in {trace})") from exc
 
 

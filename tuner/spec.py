@@ -34,6 +34,7 @@ LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_
                 "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min"}}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string match (fullmatch): no trailing newline
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
+MAX_KEY = 250  # MLflow's longest param or metric name
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take seeds below 2**32
 
 
@@ -366,6 +367,12 @@ def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
         parsed = load_preset(space, source=source)
     else:
         parsed = parse_space(space, source=source)
+    for section, keys in (("fixed", spec.fixed), ("search.space", parsed)):
+        for key in keys:
+            if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
+                raise SpecError(source, section, f"keys are names of 1 to {MAX_KEY} characters (MLflow's limit)", key)
+    if not 1 <= len(spec.metric) <= MAX_KEY - len("best_"):
+        raise SpecError(source, "metric", f"must be 1 to {MAX_KEY - len('best_')} characters", spec.metric)
     updates: dict[str, Any] = {"search": spec.search.model_copy(update={"space": parsed})}
     code_dir = (base_dir / spec.code_dir).resolve() if spec.code_dir else base_dir
     if spec.user_code:

@@ -9,6 +9,12 @@ What travels with a submission (Ray's runtime_env):
 
 Authentication: with ``RAY_AUTH_MODE=token`` Ray's client sends the token from ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``; a refused token is one line, exit 2.
+
+Every request has a deadline (REQUEST_TIMEOUT_S): Ray's client sets none, so an address that
+accepts connections and never answers would hang the command forever.
+
+Only code travels: the code folder's files less what ``.gitignore`` names and what never belongs on
+a cluster (SHIP_NEVER: the output folder, ``.env*``, ``.ray``, databases, checkpoints).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import asyncio
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +37,10 @@ PACKAGES = ("tuner", "trainables", "search_spaces")
 STOP_WAIT_S = 120  # after `tuner stop`, how long Ray waits for the driver to end the trials and flush
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 REMOTE_OUTPUT_DIR = "/tmp/tuner_runs"  # the default --output-dir on the head node, outside Ray's per-job folder
+REQUEST_TIMEOUT_S = 20  # the most one request to the Jobs API may take
+# Never shipped from a code folder, whatever .gitignore says: secrets, local state, results.
+SHIP_NEVER = (".git", ".venv", "venv", "__pycache__", "*.pyc", ".env", ".env.*", ".ray", "*.db", "*.db-journal",
+              "*.sqlite", "tuner_runs", "mlruns", "mlartifacts", "ray_results", "checkpoint_*")
 
 
 def cluster_address(address: str | None, spec: JobSpec | None = None) -> str:
@@ -49,14 +60,38 @@ def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address)
+        return _with_deadline(address, JobSubmissionClient, address)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError or its AuthenticationError
         raise UserError(f"--address {address}: {_first_line(exc)}") from None
 
 
+def _with_deadline(address: str, function, *args: Any, **kwargs: Any) -> Any:
+    """``function(*args)`` in a daemon thread, or a one-line error after REQUEST_TIMEOUT_S (the thread
+    is left to the request's own fate: a daemon never holds the process's exit)."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread just below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="tuner-jobs-request", daemon=True)
+    thread.start()
+    thread.join(REQUEST_TIMEOUT_S)
+    if thread.is_alive():
+        raise UserError(f"--address {address}: no answer within {REQUEST_TIMEOUT_S} s (is it Ray's dashboard, "
+                        f"http://HEAD:8265?)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def _call(address: str, what: str, function, *args: Any, **kwargs: Any) -> Any:
     try:
-        return function(*args, **kwargs)
+        return _with_deadline(address, function, *args, **kwargs)
     except RuntimeError as exc:  # the Jobs API answers unknown ids and refusals with RuntimeError
         message = _first_line(exc)
         if "does not exist" in message or "not found" in message.lower():
@@ -74,13 +109,36 @@ def _stage(spec_path: Path, spec: JobSpec, folder: Path) -> list[str]:
     overrides = ["ray.address=auto"]
     raw = yaml.safe_load(spec_path.read_text())
     if spec.user_code:
-        shutil.copytree(spec.code_dir, folder, dirs_exist_ok=True,  # type: ignore[arg-type]
-                        ignore=shutil.ignore_patterns("__pycache__", ".git", "*.pyc", ".venv"))
+        _copy_code(Path(spec.code_dir), folder)  # type: ignore[arg-type]
         overrides.append("code_dir=.")
     if spec.data is not None and spec.data.path:  # the same absolute path must exist on the head node
         overrides.append(f"data.path={spec.data.path}")
     (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return overrides
+
+
+def _copy_code(code_dir: Path, folder: Path) -> None:
+    """Copy what a trainable needs from ``code_dir``: not what ``.gitignore`` names, never SHIP_NEVER."""
+    import pathspec
+
+    code_dir = code_dir.resolve()
+    if code_dir in (Path("/"), Path.home().resolve()):
+        raise UserError(f"code_dir: {code_dir} is the whole disk or a home folder; put your model's code in a "
+                        f"folder of its own")
+    gitignore = code_dir / ".gitignore"
+    ignored = pathspec.GitIgnoreSpec.from_lines(gitignore.read_text().splitlines() if gitignore.is_file() else [])
+    never = shutil.ignore_patterns(*SHIP_NEVER)
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        relative = Path(directory).relative_to(code_dir)
+        skipped = set(never(directory, names))
+        for name in names:
+            path = (relative / name).as_posix() + ("/" if Path(directory, name).is_dir() else "")
+            if ignored.match_file(path):
+                skipped.add(name)
+        return skipped
+
+    shutil.copytree(code_dir, folder, dirs_exist_ok=True, ignore=ignore)
 
 
 def submit(spec_path: Path, spec: JobSpec, address: str, *, overrides: list[str],

@@ -21,12 +21,17 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
+import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ray.tune import Callback
+
+from tuner.errors import UserError, is_refusal
+from tuner.folders import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,8 @@ def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, param
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(
         experiment, artifact_location=_artifact_root(tracking_uri))
-    run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags})
+    params, renamed = legal_names(params)
+    run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags, **renamed})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[start : start + 100])
@@ -122,14 +128,31 @@ def fluent_tracking_uri(uri: str) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ journal
 
 
+class JournalWriteError(UserError):
+    """The journal could not be written (a full disk, a file-size limit): the job stops."""
+
+    exit_code = 1
+
+
 class Journal:
-    """An append-only JSON-lines file of events and the count already delivered."""
+    """An append-only JSON-lines file of events and the count already delivered.
+
+    Durable where the protocol needs it: an event that changes a run's state (a trial's start or end,
+    the parent's results and end, an artifact) is fsync'd before `append` returns, so a power loss
+    keeps every event `tuner resume` relies on; metric rows reach the disk with the next such event
+    (a power loss can lose the last seconds of a running trial's metrics, never a trial). A write
+    that fails (a full disk) is cut back to the last whole line and raises `JournalWriteError`; a
+    damaged line found on opening is skipped and counted in ``damaged``.
+    """
+
+    DURABLE_OPS = frozenset({"trial_start", "trial_end", "parent", "parent_end", "artifact"})
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.events_path = folder / "events.jsonl"
         self.delivered_path = folder / "delivered"
         self.events: list[dict[str, Any]] = []
+        self.damaged = 0
         if self.events_path.exists():
             data = self.events_path.read_bytes()
             complete = data[: data.rfind(b"\n") + 1]
@@ -137,16 +160,43 @@ class Journal:
                 # A line a crash cut short: cut it off, or the next event (a resumed job's) would run into it.
                 with open(self.events_path, "r+b") as f:
                     f.truncate(len(complete))
-            self.events = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        self.delivered = int(self.delivered_path.read_text()) if self.delivered_path.exists() else 0
-        self._file = open(self.events_path, "a")
+            for line in complete.splitlines():
+                event = _parse_event(line)
+                if event is None:
+                    self.damaged += line.strip() != b""
+                else:
+                    self.events.append(event)
+            if self.damaged:
+                log.warning("%s: skipped %d damaged line(s)", self.events_path, self.damaged)
+        self.delivered = self._read_delivered()
+        self._fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
 
+    def _read_delivered(self) -> int:
+        if not self.delivered_path.exists():
+            return 0
+        text = self.delivered_path.read_text().strip()
+        if text.isdigit() and int(text) <= len(self.events):
+            return int(text)
+        # Deliveries are idempotent (runs found by their trial tag, the same values again): replay all.
+        log.warning("%s: damaged (%r); delivering the journal again from its start", self.delivered_path, text[:20])
+        return 0
+
     def append(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, default=str)
+        line = (json.dumps(event, default=str) + "\n").encode()
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            end = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(self._fd, line[written:])
+                if event["op"] in self.DURABLE_OPS:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, end)  # never leave a cut line for the next event to run into
+                raise JournalWriteError(f"cannot write the tracking journal {self.events_path}: "
+                                        f"{exc.strerror or exc}") from None
             self.events.append(event)
 
     def pending(self) -> list[dict[str, Any]]:
@@ -155,12 +205,19 @@ class Journal:
 
     def mark_delivered(self, count: int) -> None:
         self.delivered += count
-        tmp = self.delivered_path.with_suffix(".tmp")
-        tmp.write_text(str(self.delivered))
-        tmp.replace(self.delivered_path)
+        write_atomically(self.delivered_path, str(self.delivered))
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def _parse_event(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("op"), str) else None
 
 
 # ----------------------------------------------------------------------------------------- delivery
@@ -208,16 +265,54 @@ class Delivery:
         trial tag, MLflow ignores metric points it already has, params and tags get the same values).
         """
         done = self.progress = 0
-        while done < len(events):
-            end = done + 1
-            if events[done]["op"] in TRIAL_OPS:
-                while end < len(events) and events[end]["op"] in TRIAL_OPS:
-                    end += 1
-                self._apply_trials(events[done:end])
-            else:
-                self._apply_job(events[done])
-            done = self.progress = end
+        try:
+            while done < len(events):
+                end = done + 1
+                if events[done]["op"] in TRIAL_OPS:
+                    while end < len(events) and events[end]["op"] in TRIAL_OPS:
+                        end += 1
+                    self._apply_trials(events[done:end])
+                else:
+                    self._apply_job(events[done])
+                done = self.progress = end
+        except Exception:
+            # A create_run whose answer was lost may still have made the run: look the children up
+            # again (by their trial tag) before creating any, so a retry never makes a second one.
+            self.runs = None
+            raise
         return done
+
+    def _log_batch(self, run_id: str, *, params=(), metrics=(), tags=()) -> None:
+        """`log_batch` within MLflow's limits per call. An item the store refuses for good (a 4xx:
+        a name or value it never takes) is dropped with one warning and noted on the run; the rest
+        goes through. Outages raise: the journal keeps the events and the writer tries again."""
+        params, metrics, tags = list(params), list(metrics), list(tags)
+        while params or tags or metrics:  # MLflow's limits per call: 100 params, 100 tags, 1000 metrics
+            try:
+                self.client.log_batch(run_id, params=params[:100], tags=tags[:100], metrics=metrics[:1000])
+            except Exception as exc:
+                if not is_refusal(exc):
+                    raise
+                self._one_by_one(run_id, params[:100], metrics[:1000], tags[:100])
+            params, tags, metrics = params[100:], tags[100:], metrics[1000:]
+
+    def _one_by_one(self, run_id: str, params: list, metrics: list, tags: list) -> None:
+        from mlflow.entities import RunTag
+
+        dropped = []
+        for kind, items in (("params", params), ("metrics", metrics), ("tags", tags)):
+            for item in items:
+                try:
+                    self.client.log_batch(run_id, **{kind: [item]})
+                except Exception as exc:
+                    if not is_refusal(exc):
+                        raise
+                    dropped.append(item.key)
+                    log.warning("MLflow refused %s %r of run %s, dropped: %s", kind[:-1], item.key, run_id,
+                                str(exc).splitlines()[0][:200])
+        if dropped:
+            with contextlib.suppress(Exception):
+                self.client.log_batch(run_id, tags=[RunTag("tuner.dropped", ", ".join(sorted(set(dropped)))[:5000])])
 
     def _apply_trials(self, events: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -229,10 +324,12 @@ class Delivery:
             if e["op"] == "trial_start":
                 b["name"] = e["name"]
                 b["params"].update(e["params"])
+                b["tags"].update(e.get("tags", {}))
                 b["reopen"] = b["reopen"] or b["end"] is not None or e["trial"] in self._children()
                 b["end"] = None  # a trial Ray restarted after an end runs again
             elif e["op"] == "metrics":
                 b["metrics"] += [Metric(k, float(v), e["time"], e["step"]) for k, v in e["values"].items()]
+                b["tags"].update(e.get("tags", {}))
             else:
                 b["end"] = e
                 b["tags"].update(e.get("tags", {}))
@@ -243,12 +340,8 @@ class Delivery:
                 logged = self.client.get_run(run_id).data.params
                 b["params"] = {k: v for k, v in b["params"].items() if k not in logged}
                 self.client.update_run(run_id, status="RUNNING")
-            params = [Param(k, _param_value(v)) for k, v in b["params"].items()]
-            tags = [RunTag(k, str(v)[:5000]) for k, v in b["tags"].items()]
-            metrics = b["metrics"]
-            while params or tags or metrics:  # MLflow's limits per call: 100 params, 100 tags, 1000 metrics
-                self.client.log_batch(run_id, params=params[:100], tags=tags[:100], metrics=metrics[:1000])
-                params, tags, metrics = params[100:], tags[100:], metrics[1000:]
+            self._log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in b["params"].items()],
+                            tags=[RunTag(k, str(v)[:5000]) for k, v in b["tags"].items()], metrics=b["metrics"])
             if b["end"] is not None:
                 if b["end"].get("traceback"):
                     self.client.log_text(run_id, b["end"]["traceback"], "error.txt")
@@ -262,7 +355,7 @@ class Delivery:
             metrics = [Metric(k, float(v), event["time"], event.get("step", 0))
                        for k, v in event.get("metrics", {}).items()]
             tags = [RunTag(k, str(v)[:5000]) for k, v in event.get("tags", {}).items()]
-            self.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags)
+            self._log_batch(self.parent_run_id, metrics=metrics, tags=tags)
         elif op == "artifact":
             if Path(event["path"]).exists():
                 self.client.log_artifact(self.parent_run_id, event["path"], event.get("artifact_path"))
@@ -321,7 +414,7 @@ class Tracker:
         delivered = 0
         try:
             delivered = self.delivery.apply(pending)
-        except Exception as exc:  # noqa: BLE001 - any failure of the server or the network: keep and retry
+        except Exception as exc:  # noqa: BLE001 - an outage (refused items were dropped in Delivery): keep, retry
             self._failures += 1
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             if self._failures == 1:
@@ -381,6 +474,7 @@ class TrackingCallback(Callback):
         self.metric, self.mode, self.max_t = metric, mode, max_t
         self.best: float | None = None
         self.stopped: set[str] = set()
+        self.renamed: set[tuple[str, str]] = set()  # (trial, tag) of name mappings already journaled
         # Events held back until a Tune snapshot covers them (see _journal): a started trial's events
         # by trial id, and trial ends; each with the snapshot count when it was queued.
         self.starting: dict[str, tuple[int, list[tuple[str, dict[str, Any]]]]] = {}
@@ -402,8 +496,9 @@ class TrackingCallback(Callback):
     # `Tuner.restore` runs the trial again.
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        params, renamed = legal_names(_flat(trial.config))
         self.starting[trial.trial_id] = (_snapshots, [("trial_start", dict(
-            trial=trial.trial_id, name=trial_name(trial), params=_flat(trial.config)))])
+            trial=trial.trial_id, name=trial_name(trial), params=params, tags=renamed))])
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if stopped_early(result, self.max_t):
@@ -412,7 +507,12 @@ class TrackingCallback(Callback):
         values = {k: v for k, v in result.items() if k not in RAY_RESULT_KEYS and _is_number(v)}
         if values.get("epoch") == step:  # the step already says it; a row per epoch costs the writer
             del values["epoch"]
+        values, renamed = legal_names(values)
         event = dict(trial=trial.trial_id, step=step, values=values, time=_now_ms())
+        new = {k: v for k, v in renamed.items() if (trial.trial_id, k) not in self.renamed}
+        if new:  # tagged once per trial
+            event["tags"] = new
+            self.renamed |= {(trial.trial_id, k) for k in new}
         if trial.trial_id in self.starting:
             self.starting[trial.trial_id][1].append(("metrics", event))
         else:
@@ -434,8 +534,9 @@ class TrackingCallback(Callback):
             # improvements were journaled in the same millisecond at step 0).
             ended = sum(1 for t in trials if t is trial or t.is_finished())
             best = {"best_trial": trial_name(trial), "best_config": json.dumps(_flat(trial.config), default=str)}
-            self.ending.append((_snapshots, "parent", dict(time=now, step=ended, tags=best,
-                                                           metrics={f"best_{self.metric}": value})))
+            metrics, renamed = legal_names({f"best_{self.metric}": value})
+            self.ending.append((_snapshots, "parent", dict(time=now, step=ended, tags={**best, **renamed},
+                                                           metrics=metrics)))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         message, trace = _trial_error(trial)
@@ -467,7 +568,7 @@ class TrackingCallback(Callback):
         self.ending = keep
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "best": None, "stopped": set(), "starting": {}, "ending": []}
+        return {**self.__dict__, "best": None, "stopped": set(), "starting": {}, "ending": [], "renamed": set()}
 
 
 # How many experiment snapshots Tune has written to the run folder in this process
@@ -478,6 +579,32 @@ _snapshots = 0
 def snapshot_taken() -> None:
     global _snapshots
     _snapshots += 1
+
+
+_ILLEGAL = re.compile(r"[^\w\-. :/]")  # MLflow takes alphanumerics, _ - . : / and spaces in names
+MAX_NAME = 250  # MLflow's longest param, metric or tag key
+
+
+def legal_name(name: str) -> str:
+    """``name`` as MLflow takes it: other characters become _, and a name that would read as another
+    path (``a//b``, ``../x``, ``/x``) has its slashes replaced too."""
+    legal = _ILLEGAL.sub("_", name)[:MAX_NAME] or "_"
+    if posixpath.normpath(legal) != legal or legal.startswith(("/", "..")) or legal == ".":
+        legal = legal.replace("/", "_").replace("..", "__").lstrip(".") or "_"
+    return legal
+
+
+def legal_names(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values under legal names, {"tuner.renamed.<legal>": original} for each name that changed)."""
+    out, renamed = {}, {}
+    for name, value in values.items():
+        legal = legal_name(name)
+        if legal != name:
+            while legal in out or legal in values:  # two names mapped alike keep apart
+                legal = f"{legal}_"[-MAX_NAME:]
+            renamed[f"tuner.renamed.{legal}"] = name
+        out[legal] = value
+    return out, renamed
 
 
 def _now_ms() -> int:
