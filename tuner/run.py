@@ -244,12 +244,11 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
 
     from tuner.tracking import Tracker
 
-    if not (folder.ray / "tuner.pkl").exists():
-        raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
-
-    spec = load_spec(folder.spec)
-    state = folder.read_state()
-    with run_folder_lock(folder.path, f"tuner resume {spec.name}"):
+    with run_folder_lock(folder.path, f"tuner resume {folder.path.parent.name}"):
+        if not (folder.ray / "tuner.pkl").exists():
+            raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
+        spec = load_spec(folder.spec)
+        state = folder.read_state()
         tracker = Tracker.for_run(folder.tracking, tracking_uri=folder.tracking_uri(state),
                                   experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
         with _parent_fails_with_the_job(folder, tracker, spec):
