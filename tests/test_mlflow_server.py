@@ -154,3 +154,32 @@ def test_credentials_from_the_environment_are_never_logged(ray_session, mlflow_s
     assert "x=" in text  # the scan saw the trials' params
     for key, value in secrets.items():
         assert value not in text and key not in text
+
+
+def test_a_password_in_the_tracking_uri_is_in_no_file_and_no_message(ray_session, mlflow_server, tmp_path,
+                                                                       monkeypatch):
+    """$MLFLOW_TRACKING_URI with user:password: the job runs, and nothing it writes holds the password
+    (job.json, the journal, Tune's pickled experiment, the spec); `tuner sync` gets it back from the
+    variable."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import _print_result, app
+
+    password = "pw-3f9a1c77"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.replace("http://", f"http://alice:{password}@"))
+    spec = _outage_spec(mlflow_server, num_samples=2)
+    spec = spec.model_copy(update={"mlflow": spec.mlflow.model_copy(update={"tracking_uri": None})})
+    result = run_job(spec, output_root=tmp_path)
+    assert result.succeeded and result.undelivered == 0
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        _print_result(result, spec)
+    assert "alice:***@" in console.getvalue() and password not in console.getvalue()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in written) and any(p.name == "job.json" for p in written)
+    assert not [p for p in written if password.encode() in p.read_bytes()]
+    synced = CliRunner().invoke(app, ["sync", str(result.run_folder)])
+    assert synced.exit_code == 0 and password not in synced.output, synced.output
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    refused = CliRunner().invoke(app, ["sync", str(result.run_folder)])
+    assert refused.exit_code == 2 and "needs its password" in refused.output

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from tests.conftest import DATA, EXAMPLES, ROOT, children, free_port, stop_group, wait_for_http
+from tests.conftest import DATA, EXAMPLES, children, free_port, stop_group, wait_for_http
 from trainables.train import build, fit, resolve_config
 from tuner.errors import SpecError
 from tuner.spec import spec_from_mapping
@@ -304,25 +304,25 @@ def test_your_model_end_to_end_through_the_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_regression_end_to_end_on_the_diabetes_example(tmp_path):
-    env = _env_without_user_code()
-    run = subprocess.run([*CLI, "run", str(EXAMPLES / "diabetes-regression" / "job.yaml"), "--set",
-                          "search.num_samples=3", "--set", "trial.epochs=4", "--set", "ensemble.top_k=2"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "ensemble of 2: test rmse" in run.stdout
-    uri = f"sqlite:///{tmp_path / 'tuner_runs' / 'mlflow.db'}"
-    from tuner.export import find_parent_run
+def test_regression_end_to_end_on_the_diabetes_example(ray_session, tmp_path):
+    from tuner.cli import _run_checks
+    from tuner.run import run_job
+    from tuner.spec import load_spec
 
-    parent = find_parent_run(uri, "diabetes-regression")
+    spec = load_spec(EXAMPLES / "diabetes-regression" / "job.yaml",
+                     overrides=["search.num_samples=3", "trial.epochs=4", "ensemble.top_k=2"])
+    result = run_job(spec, output_root=tmp_path, checks=_run_checks(spec))
+    assert result.succeeded and result.ensemble["task"] == "regression"
+    assert result.ensemble["ensemble_test_rmse"] == pytest.approx(math.sqrt(result.ensemble["ensemble_test_loss"]))
+    client, parent, runs = children(result.tracking_uri, result.parent_run_id)
     assert {"ensemble_test_rmse", "best_single_test_rmse", "ensemble_test_loss"} <= set(parent.data.metrics)
     assert parent.data.tags["check.loss at init ≈ var(y)"].startswith("pass")
-    client, _, runs = children(uri, parent.info.run_id)
     assert len(runs) == 3 and all("val_rmse" in r.data.metrics for r in runs)
     predict = subprocess.run(
         [sys.executable, "-c", "import sys, mlflow, numpy as np\n"
          "out = mlflow.pyfunc.load_model(sys.argv[1]).predict(np.zeros((5, 10), dtype='float32'))\n"
          "print(out.shape, bool(np.isfinite(out).all()))", parent.data.tags["ensemble_model_uri"]],
-        cwd=ROOT.parent, capture_output=True, text=True, timeout=120, env={**env, "MLFLOW_TRACKING_URI": uri})
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**_env_without_user_code(), "MLFLOW_TRACKING_URI": result.tracking_uri})
     assert predict.returncode == 0, predict.stderr
     assert predict.stdout.strip().splitlines()[-1] == "(5,) True"

@@ -67,7 +67,7 @@ def sample_and_maker(config: Mapping[str, Any], model: ModelFactory, data: DataF
     """The checks' data and a maker of fresh, seeded models of ``config``, as the trainable builds them."""
     config = resolve_config(config)
     train, val, _ = data(config)
-    input_shape, output_dim = shapes(train, task)
+    input_shape, output_dim = shapes(train, val, task, num_classes=getattr(data, "num_classes", None))
     sample = Sample(*take(train), *take(val), task=task)
     return sample, lambda: build(model, config, input_shape, output_dim)
 

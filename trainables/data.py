@@ -46,6 +46,9 @@ class Dataset:
     num_classes: int | None  # None for regression
     image_shape: tuple[int, int, int] | None  # (channels, height, width) when inputs are images
     scaling: Scaling = field(default_factory=lambda: Scaling(0.0, 1.0))
+    # Regression: targets are standardised by the training split's mean and deviation (the loss at
+    # init is then about 1, and the lr ranges of the presets fit); the ensemble model undoes it.
+    target_scaling: tuple[float, float] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -114,9 +117,13 @@ def make_dataset(
     n_test = max(1, int(round(len(x) * test_fraction)))
     n_val = max(1, int(round(len(x) * val_fraction)))
     test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    target_scaling = None
+    if task == "regression":
+        mean, std = float(y[train].mean()), float(y[train].std()) or 1.0
+        y, target_scaling = ((y - mean) / std).astype(np.float32), (mean, std)
     return Dataset(
         x_train=x[train], y_train=y[train], x_val=x[val], y_val=y[val], x_test=x[test], y_test=y[test],
-        num_classes=num_classes, image_shape=image_shape, scaling=scaling,
+        num_classes=num_classes, image_shape=image_shape, scaling=scaling, target_scaling=target_scaling,
     )
 
 

@@ -36,7 +36,7 @@ def cnn(config: Mapping[str, Any], input_shape: tuple[int, ...], output_dim: int
     if len(input_shape) not in (2, 3):
         raise ValueError(f"the cnn needs image-shaped examples, (C, H, W) or (H, W); got {tuple(input_shape)}")
     c, h, w = input_shape if len(input_shape) == 3 else (1, *input_shape)
-    layers: list[nn.Module] = [nn.Unflatten(1, (c, h, w))] if len(input_shape) == 2 else []
+    layers: list[nn.Module] = [nn.Flatten(), nn.Unflatten(1, (c, h, w))] if len(input_shape) == 2 else []
     channels = config["channels"]
     for c_out in (channels, 2 * channels):
         layers.append(nn.Conv2d(c, c_out, kernel_size=3, padding=1))

@@ -8,7 +8,8 @@ own model, your code folder) inside the model as MLflow ``code_paths``.
     out = model.predict(inputs)   # classification: N x C probabilities (rows sum to 1); regression: predictions
 
 Inputs are examples as the data set yields them (any shape with N first, flattened is fine); for
-the built-in data sets, raw values before scaling (the model scales them as training did).
+the built-in data sets, raw values before scaling (the model scales them as training did), and a
+regression's predictions come back in the targets' own units.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def predict_members(meta: dict[str, Any], members: list, inputs: Any) -> np.ndar
                                    else []))
     data = TensorDataset(x, dummy)
     mean = np.mean([outputs(m, data, meta["task"], torch.device("cpu"))[0].numpy() for m in members], axis=0)
+    if meta.get("target_scaling"):  # built-in regression data: back to the targets' own units
+        centre, scale = meta["target_scaling"]
+        mean = mean * scale + centre
     return mean
 
 

@@ -82,12 +82,14 @@ def targets(dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(y) for _, y in dataset])
 
 
-def shapes(train, task: str) -> tuple[tuple[int, ...], int]:
-    """(one example's shape, output size): classes for classification (from the labels), targets for regression."""
+def shapes(train, val, task: str, *, num_classes: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(one example's shape, output size): for classification ``num_classes`` where the data set knows
+    it (the built-ins count every split), else the largest label of train and validation + 1; for
+    regression the size of one target."""
     x, y = train[0]
     input_shape = tuple(torch.as_tensor(x).shape)
     if task == "classification":
-        return input_shape, int(targets(train).max()) + 1
+        return input_shape, num_classes or int(max(targets(train).max(), targets(val).max())) + 1
     return input_shape, int(torch.as_tensor(y).numel())
 
 
@@ -166,7 +168,7 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
     """
     config = resolve_config(config)
     train, val, _ = data(config)
-    input_shape, output_dim = shapes(train, task)
+    input_shape, output_dim = shapes(train, val, task, num_classes=getattr(data, "num_classes", None))
     device = device_for_trial()
     amp = _use_amp(config, device)
     net = build(model, config, input_shape, output_dim).to(device)
@@ -176,7 +178,8 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
     generator = torch.Generator().manual_seed(config["seed"])
     sign = 1.0 if config["mode"] == "min" else -1.0
     meta = {"config": config, "task": task, "input_shape": list(input_shape), "output_dim": output_dim,
-            "input_scaling": getattr(data, "input_scaling", None)}
+            "input_scaling": getattr(data, "input_scaling", None),
+            "target_scaling": getattr(data, "target_scaling", None)}
 
     init_loss = scores(*outputs(net, val, task), task)["val_loss"]
     start_epoch, best, stale = 0, math.inf, 0

@@ -203,7 +203,7 @@ def _print_result(result: Any, job: Any) -> None:
     where = redact_uri(result.tracking_uri)
     out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
-    out.print(f"MLflow UI: {_ui_url(result.tracking_uri, result.experiment_id, result.parent_run_id)}"
+    out.print(f"MLflow UI: {_ui_url(where, result.experiment_id, result.parent_run_id)}"
               + ("  (after `tuner ui`)" if local else ""))
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {where}")
     if result.undelivered:
@@ -249,7 +249,7 @@ def export(job: str = typer.Argument(..., help="Job name or parent run id."),
 def train(spec: Path = typer.Argument(..., help="A spec, typically from tuner export."),
           set: List[str] = SetOption) -> None:
     """Train the spec's config once, no search, and print each epoch."""
-    from tuner.run import train_once
+    from tuner.run import JobFailed, train_once
     from tuner.spec import load_spec
 
     job = load_spec(spec, overrides=set)
@@ -259,7 +259,12 @@ def train(spec: Path = typer.Argument(..., help="A spec, typically from tuner ex
         history.append(metrics)
         out.print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
-    train_once(job, report=report)
+    try:
+        train_once(job, report=report)
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - your model or data failed, or the loss diverged: one line
+        raise JobFailed(f"{job.name}: training failed: {describe(exc)}") from None
     best = (min if job.mode == "min" else max)(m[job.metric] for m in history)
     out.print(f"best {job.metric}={best!r}")
 
@@ -291,7 +296,8 @@ def sync(job: str = typer.Argument(..., help="Job name (its newest run) or run f
     folder = find_run_folder(output_dir, job)
     state = folder.read_state()
     _quiet(False)
-    with run_folder_lock(folder.path, "tuner sync"):
+    uri = folder.tracking_uri(state)
+    with run_folder_lock(folder.path, "tuner sync"), tracking_errors(uri, "take the journal's events"):
         delivered, left = deliver(folder.tracking, tracking_uri=folder.tracking_uri(state),
                                   experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
     out.print(f"delivered {delivered} events to {redact_uri(state['tracking_uri'])}; {left} left")
@@ -310,7 +316,7 @@ def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store i
     from tuner.spec import load_spec
 
     uri = tracking_uri_for(load_spec(spec), output_dir) if spec else _store(tracking_uri, output_dir)
-    out.print(f"MLflow UI for {uri}: http://127.0.0.1:{port}")
+    out.print(f"MLflow UI for {redact_uri(uri)}: http://127.0.0.1:{port}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
     raise typer.Exit(subprocess.call(command))

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner.errors import describe
 from tuner.spec import JobSpec
 from tuner.tracking import fluent_tracking_uri
 
@@ -57,20 +58,29 @@ def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, track
     """Score the top-k ensemble and log it on the parent run; None (with the reason logged) when impossible.
 
     ``model`` and ``data``: the job's factories (jobs on the service's loop); its test split scores
-    the members.
+    the members. The trials' results stand whatever happens here: a failure (your ``load`` raising in
+    the driver, a model MLflow cannot save) is the ensemble's reason for being absent, tagged on the
+    parent run and warned about, and the job goes on to its report.
     """
-    if spec.trainable is not None:
-        return _trainable_ensemble(spec, ranked, tracker)
+    try:
+        if spec.trainable is not None:
+            return _trainable_ensemble(spec, ranked, tracker)
+        return _model_ensemble(spec, ranked, folder=folder, tracker=tracker, data=data)
+    except Exception as exc:  # noqa: BLE001 - recorded as the reason on the parent run, with a warning
+        return _none(tracker, f"the ensemble could not be built: {describe(exc)}")
+
+
+def _model_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker, data) -> dict[str, Any] | None:
     members = [r for r in ranked if r["checkpoint"] and (Path(r["checkpoint"]) / "meta.json").exists()]
     members = members[: spec.ensemble.top_k]
     if not members:
         return _none(tracker, "no trial left a checkpoint")
     staging = _stage_members(folder.path / "ensemble_members", members, spec)
     from trainables.pyfunc import load_members
-    from trainables.train import outputs
+    from trainables.train import outputs, resolve_config
 
     _, nets = load_members(staging)
-    _, _, test = data(members[0]["config"])
+    _, _, test = data(resolve_config(members[0]["config"]))
     test_outputs, targets = [], None
     for net in nets:
         out, targets = outputs(net, test, spec.task)
@@ -122,7 +132,8 @@ def _stage_members(staging: Path, members: list[dict[str, Any]], spec: JobSpec) 
         described.append({"trial": member["trial"], "folder": f"member-{i}"})
     (staging / MEMBERS_FILE).write_text(json.dumps({
         "model": spec.model, "task": spec.task, "input_shape": meta["input_shape"],
-        "output_dim": meta["output_dim"], "input_scaling": meta.get("input_scaling"), "members": described}))
+        "output_dim": meta["output_dim"], "input_scaling": meta.get("input_scaling"),
+        "target_scaling": meta.get("target_scaling"), "members": described}))
     return staging
 
 
@@ -134,7 +145,7 @@ def code_paths(spec: JobSpec) -> list[str]:
     paths = [str(Path(trainables.__file__).parent)]
     if spec.model not in ("mlp", "cnn") and spec.code_dir:
         for entry in sorted(Path(spec.code_dir).iterdir()):
-            if entry.name.startswith((".", "_")):
+            if entry.name.startswith(".") or entry.name in ("__pycache__", "trainables"):
                 continue
             if (entry.suffix == ".py" and entry.is_file()) or (entry / "__init__.py").is_file():
                 paths.append(str(entry))
@@ -178,8 +189,7 @@ def _log_model(model_dir: Path, staging: Path, spec: JobSpec, tracker) -> str | 
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.pyfunc.log_model(name=ENSEMBLE_MODEL_NAME, **_model_kwargs(staging, spec))
         except Exception as exc:  # noqa: BLE001 - the tracking server may be away; the model stays on disk
-            log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", str(exc).splitlines()[0],
-                        model_dir)
+            log.warning("ensemble model not logged to MLflow (%s); it is saved in %s", describe(exc), model_dir)
             return None
         # Registered through the client: MLflow's fluent registration prints to stderr.
         client = MlflowClient(tracker.tracking_uri, registry_uri=tracker.tracking_uri)
@@ -188,6 +198,5 @@ def _log_model(model_dir: Path, staging: Path, spec: JobSpec, tracker) -> str | 
                 client.create_registered_model(spec.name)
             client.create_model_version(spec.name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
         except MlflowException as exc:  # a store without a model registry: the LoggedModel is still there
-            log.warning("ensemble model logged as %s but not registered (%s)", info.model_uri,
-                        str(exc).splitlines()[0])
+            log.warning("ensemble model logged as %s but not registered (%s)", info.model_uri, describe(exc))
     return info.model_uri

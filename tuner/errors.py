@@ -7,11 +7,12 @@ prints it as one line and exits with code 2; anything else is a bug and keeps it
 from __future__ import annotations
 
 import contextlib
+import re
 import unicodedata
 from typing import Any, Iterator
 
 __all__ = ["UserError", "SpecError", "NotFoundError", "TrackingUnavailable", "TrackingRefused", "printable",
-           "is_refusal", "tracking_errors", "redact_uri"]
+           "is_refusal", "is_item_refusal", "tracking_errors", "redact", "redact_uri", "describe"]
 
 _MAX_SHOWN = 80
 
@@ -68,6 +69,14 @@ class TrackingRefused(UserError):
     """The MLflow store answered and refused the request (4xx): retrying the same request cannot help."""
 
 
+def is_item_refusal(exc: BaseException) -> bool:
+    """Whether MLflow refused what was sent (a name or value it never takes: 400), not who sent it
+    (401, 403), where (404) or when (5xx, 408, 429): only such an item may be dropped."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+
+
 def is_refusal(exc: BaseException) -> bool:
     """Whether an MLflow error is a permanent refusal of the request (a 4xx answer: an invalid name or
     value, a missing run, no permission) rather than an outage (no answer, 5xx, 408 or 429)."""
@@ -86,26 +95,33 @@ def tracking_errors(tracking_uri: str, doing: str) -> Iterator[None]:
     from requests.exceptions import RequestException
     from sqlalchemy.exc import OperationalError
 
+    from tuner.settings import mlflow_settings
+
     try:
-        yield
+        with mlflow_settings():
+            yield
     except (MlflowException, RequestException, OperationalError, ConnectionError, TimeoutError) as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:300]
+        first = redact(next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__))[:300]
         where = redact_uri(tracking_uri)
         if is_refusal(exc):
             raise TrackingRefused(f"MLflow at {where} refused to {doing}: {first}") from None
         raise TrackingUnavailable(f"MLflow at {where} did not answer when asked to {doing} ({first}); "
-                                  f"nothing was changed: try again when it is reachable") from None
+                                  "try again when it is reachable") from None
+
+
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):[^/\s@]*@")
+_SECRET_QUERY = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|secret|access_token)=)[^&\s]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL's password (``user:pw@``) and secret query value (``?password=``)
+    replaced by ***, wherever in the text: for messages, logs, tags and files."""
+    return _SECRET_QUERY.sub(r"\g<head>***", _USERINFO.sub(r"\g<head>:***@", text))
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` with any password in it replaced by ***, for messages and files."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A store's URI with its secrets replaced by ***."""
+    return redact(uri)
 
 
 def describe(exc: BaseException) -> str:
@@ -113,7 +129,7 @@ def describe(exc: BaseException) -> str:
     message's first line and where it was raised (file:line), without the traceback."""
     import traceback
 
-    message = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    message = redact(next((line.strip() for line in str(exc).splitlines() if line.strip()), ""))
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message[:300]}{where}"

@@ -130,7 +130,7 @@ class RunFolder:
         """The job's store. A password in it was left out of job.json; $MLFLOW_TRACKING_URI gives it back
         when it names the same store."""
         uri = state["tracking_uri"]
-        if ":***@" not in uri:
+        if "***" not in uri:
             return uri
         given = os.environ.get("MLFLOW_TRACKING_URI", "")
         if given and redact_uri(given) == uri:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -18,18 +19,11 @@ from typing import Any, Callable, Iterator
 from tuner.errors import NotFoundError, UserError, describe, redact_uri, tracking_errors
 from tuner.folders import (DEFAULT_OUTPUT_ROOT, RunFolder, new_run_folder, run_folder_lock, store_lock,
                            tracking_uri_for)
+from tuner.settings import engine_settings
 from tuner.spec import JobSpec, load_spec
 
 log = logging.getLogger(__name__)
 
-# Trials checkpoint only on a better epoch and keep one checkpoint each (num_to_keep=1), which makes
-# Tune snapshot its experiment state often and warn about it on every snapshot; the snapshots are what
-# `tuner resume` restores from, so keep them and silence the warning.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Snapshot the experiment state every second (Tune's default waits up to minutes; every step, 0,
-# made 1,000 short trials 9x slower, bench/bookkeeping.py). Trial ends reach the journal only after a
-# snapshot that includes them (tuner.tracking), so `tuner resume` never re-runs a journaled trial.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 @dataclass
 class JobResult:
@@ -59,8 +53,6 @@ def _init_ray(spec: JobSpec, *, verbose: bool) -> bool:
     """Start (or join) Ray; return True when this call started it."""
     import ray
 
-    if not verbose:
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Ray's classic reporter prints nothing at verbose=0
     if ray.is_initialized():
         return False
     env: dict[str, Any] = {}
@@ -199,31 +191,44 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
     ``checks``: sanity-check results to log on the parent run; ``callbacks``: more Ray Tune callbacks
     (the CLI's progress view).
     """
+    with engine_settings():
+        return _run_job(spec, output_root=output_root, checks=checks, callbacks=callbacks, verbose=verbose)
+
+
+def _run_job(spec: JobSpec, *, output_root: Path, checks: list | None, callbacks: list | None,
+             verbose: bool) -> JobResult:
     from tuner.search import asha_max_t
     from tuner.tracking import Tracker, TrackingCallback, start_parent_run
 
-    output_root.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri_for(spec, output_root)
     spec_yaml = spec.to_yaml()
     check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks or []}
-    with store_lock(uri), tracking_errors(uri, "start the job's parent run"):
-        experiment_id, parent_run_id = start_parent_run(
-            tracking_uri=uri, experiment=spec.experiment, job_name=spec.name, spec_yaml=spec_yaml,
-            params=_spec_params(spec), tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
-                                             **check_tags})
-    folder = new_run_folder(spec, output_root)
-    with run_folder_lock(folder.path, f"tuner run {spec.name}"):
+    try:
+        folder = new_run_folder(spec, output_root)
         folder.spec.write_text(spec_yaml)
-        folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id,
-                           parent_run_id=parent_run_id, status="running")
-        # The writer gets the store's URI as given; the callback, which Tune pickles into the run
-        # folder, only its redacted form (it finds this writer by its folder).
-        tracker = Tracker.for_run(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
-                                  parent_run_id=parent_run_id)
-        callback = TrackingCallback(folder=folder.tracking, tracking_uri=redact_uri(uri), experiment_id=experiment_id,
-                                    parent_run_id=parent_run_id, metric=spec.metric, mode=spec.mode,
-                                    max_t=asha_max_t(spec))
-        with _parent_fails_with_the_job(folder, tracker, spec):
+    except OSError as exc:
+        raise UserError(f"{output_root}: cannot write the job's run folder ({describe(exc)})") from None
+    with run_folder_lock(folder.path, f"tuner run {spec.name}"):
+        try:
+            with store_lock(uri), tracking_errors(uri, "start the job's parent run"):
+                experiment_id, parent_run_id = start_parent_run(
+                    tracking_uri=uri, experiment=spec.experiment, job_name=spec.name, spec_yaml=spec_yaml,
+                    params=_spec_params(spec), tags={"algorithm": spec.search.algorithm,
+                                                     "seed": str(spec.search.seed), **check_tags})
+        except BaseException:
+            shutil.rmtree(folder.path, ignore_errors=True)  # nothing started: leave nothing behind
+            raise
+        job = _Started(folder, spec, uri, experiment_id, parent_run_id)
+        with _parent_fails_with_the_job(job):
+            folder.write_state(name=spec.name, tracking_uri=uri, experiment_id=experiment_id,
+                               parent_run_id=parent_run_id, status="running")
+            # The writer gets the store's URI as given; the callback, which Tune pickles into the run
+            # folder, only its redacted form (it finds this writer by its folder).
+            job.tracker = Tracker.for_run(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                          parent_run_id=parent_run_id)
+            callback = TrackingCallback(folder=folder.tracking, tracking_uri=redact_uri(uri),
+                                        experiment_id=experiment_id, parent_run_id=parent_run_id,
+                                        metric=spec.metric, mode=spec.mode, max_t=asha_max_t(spec))
             made = factories(spec)
             _leave_ray_working_dir(folder)
             started = _init_ray(spec, verbose=verbose)
@@ -235,11 +240,16 @@ def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: l
                     import ray
 
                     ray.shutdown()
-            return _finish(spec, folder, results, tracker, made, stopped=stopped.is_set())
+            return _finish(spec, folder, results, job.tracker, made, stopped=stopped.is_set())
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
     """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run."""
+    with engine_settings():
+        return _resume_job(folder, verbose=verbose)
+
+
+def _resume_job(folder: RunFolder, *, verbose: bool) -> JobResult:
     from ray import tune
 
     from tuner.tracking import Tracker
@@ -249,9 +259,11 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
             raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
         spec = load_spec(folder.spec)
         state = folder.read_state()
-        tracker = Tracker.for_run(folder.tracking, tracking_uri=folder.tracking_uri(state),
-                                  experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-        with _parent_fails_with_the_job(folder, tracker, spec):
+        uri = folder.tracking_uri(state)
+        job = _Started(folder, spec, uri, state["experiment_id"], state["parent_run_id"])
+        with _parent_fails_with_the_job(job):
+            job.tracker = tracker = Tracker.for_run(folder.tracking, tracking_uri=uri,
+                                                    experiment_id=job.experiment_id, parent_run_id=job.parent_run_id)
             made = factories(spec)
             _leave_ray_working_dir(folder)
             started = _init_ray(spec, verbose=verbose)
@@ -277,8 +289,20 @@ class JobFailed(UserError):
     exit_code = 1
 
 
+@dataclass
+class _Started:
+    """A job whose parent run exists: what ending it needs."""
+
+    folder: RunFolder
+    spec: JobSpec
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tracker: Any = None  # its Tracker, once made
+
+
 @contextlib.contextmanager
-def _parent_fails_with_the_job(folder: RunFolder, tracker, spec: JobSpec) -> Iterator[None]:
+def _parent_fails_with_the_job(job: _Started) -> Iterator[None]:
     """Whatever stops the job after its parent run exists (a data file that does not parse, an engine
     error, a full disk) ends the parent run FAILED with the reason, never RUNNING: the traceback goes
     to ``error.txt`` in the run folder and on the parent run, the command prints one line. Ctrl-C
@@ -292,28 +316,50 @@ def _parent_fails_with_the_job(folder: RunFolder, tracker, spec: JobSpec) -> Ite
     except JobFailed:
         raise
     except KeyboardInterrupt:
-        tracker.emit("parent_end", status="KILLED")
-        folder.write_state(status="killed", undelivered=tracker.close(timeout_s=spec.mlflow.flush_timeout_s))
+        _end_parent(job, "KILLED", {})
         raise
     except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
         reason = describe(exc)
-        trace = folder.path / "error.txt"
+        trace = job.folder.path / "error.txt"
         try:
             trace.write_text(traceback.format_exc())
-            tracker.emit("artifact", path=str(trace), artifact_path=None)
-            tracker.emit("parent", tags={"tuner.status": "FAILED", "error": reason})
-            tracker.emit("parent_end", status="FAILED")
-            folder.write_state(status="failed", error=reason,
-                               undelivered=tracker.close(timeout_s=spec.mlflow.flush_timeout_s))
-        except (OSError, JournalWriteError) as disk:  # the run folder cannot be written either: tell MLflow directly
+            reason += _end_parent(job, "FAILED", {"tuner.status": "FAILED", "error": reason}, trace=trace)
+        except (OSError, JournalWriteError) as disk:
             reason += f"; the run folder could not record it ({describe(disk)})"
-            try:
-                tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
-                tracker.delivery.client.set_tag(tracker.delivery.parent_run_id, "error", reason[:5000])
-                tracker.delivery.client.set_terminated(tracker.delivery.parent_run_id, status="FAILED")
-            except Exception as mlflow_too:  # noqa: BLE001 - said in the one line below
-                reason += f"; nor could MLflow ({describe(mlflow_too)}): the parent run may still show RUNNING"
-        raise JobFailed(f"{spec.name}: the job failed: {reason} (parent run FAILED; traceback in {trace})") from exc
+        raise JobFailed(f"{job.spec.name}: the job failed: {reason} (parent run FAILED; traceback in {trace})"
+                        ) from exc
+
+
+def _end_parent(job: _Started, status: str, tags: dict[str, str], *, trace: Path | None = None) -> str:
+    """End the parent run through the journal, or straight through MLflow when there is no journal or
+    it cannot be written; '' or what went wrong, for the one-line message."""
+    from tuner.tracking import JournalWriteError
+
+    if job.tracker is not None:
+        try:
+            if trace is not None:
+                job.tracker.emit("artifact", path=str(trace), artifact_path=None)
+            job.tracker.emit("parent", tags=tags)
+            job.tracker.emit("parent_end", status=status)
+            left = job.tracker.close(timeout_s=job.spec.mlflow.flush_timeout_s)
+            job.folder.write_state(status=status.lower(), error=tags.get("error"), undelivered=left)
+            return ""
+        except (OSError, JournalWriteError) as exc:
+            job.tracker.close(timeout_s=0)
+            note = f"; the journal could not record it ({describe(exc)})"
+    else:
+        note = ""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with tracking_errors(job.tracking_uri, "end the parent run"):
+            client = MlflowClient(job.tracking_uri)
+            if tags:
+                client.set_tag(job.parent_run_id, "error", tags.get("error", "")[:5000])
+            client.set_terminated(job.parent_run_id, status=status)
+    except UserError as exc:
+        note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
+    return note
 
 
 @contextlib.contextmanager

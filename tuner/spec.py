@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from search_spaces import load_preset, parse_space, preset_names
 from trainables.factories import FactoryError, import_function, is_reference
 from trainables.knobs import DEFAULTS, MODELS, knob_problem
-from tuner.errors import SpecError
+from tuner.errors import SpecError, redact
 
 __all__ = ["JobSpec", "load_spec", "spec_from_mapping", "LOOP_METRICS"]
 
@@ -91,7 +91,7 @@ class ResourcesSpec(_Section):
 
 
 class TrialSpec(_Section):
-    epochs: int = Field(20, ge=1, le=100_000)  # epochs per trial (built-in trainables; asha's default max_t)
+    epochs: int = Field(20, ge=1, le=100_000)  # epochs per trial of a model: job; asha's default max_t
     resources: ResourcesSpec = ResourcesSpec()
     max_failures: int = Field(0, ge=0, le=100)  # retries of a failed trial from its last checkpoint
 
@@ -115,7 +115,7 @@ class MlflowSpec(_Section):
         scheme = uri.split(":", 1)[0] if ":" in uri else uri
         if scheme not in TRACKING_SCHEMES:
             raise ValueError(f"scheme must be one of {', '.join(TRACKING_SCHEMES)}")
-        if urlsplit(uri).password:
+        if redact(uri) != uri:
             raise ValueError("holds a password, which would be written into the run folder and MLflow: "
                              "give it in MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
         if scheme == "sqlite":

@@ -38,6 +38,7 @@ STOP_WAIT_S = 120  # after `tuner stop`, how long Ray waits for the driver to en
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 REMOTE_OUTPUT_DIR = "/tmp/tuner_runs"  # the default --output-dir on the head node, outside Ray's per-job folder
 REQUEST_TIMEOUT_S = 20  # the most one request to the Jobs API may take
+SUBMIT_TIMEOUT_S = 600  # the most a submission (with its upload of the code folder) may take
 # Never shipped from a code folder, whatever .gitignore says: secrets, local state, results.
 SHIP_NEVER = (".git", ".venv", "venv", "__pycache__", "*.pyc", ".env", ".env.*", ".ray", "*.db", "*.db-journal",
               "*.sqlite", "tuner_runs", "mlruns", "mlartifacts", "ray_results", "checkpoint_*")
@@ -67,9 +68,11 @@ def client(address: str):
         raise UserError(f"--address {address}: {_first_line(exc)}") from None
 
 
-def _with_deadline(address: str, function, *args: Any, **kwargs: Any) -> Any:
-    """``function(*args)`` in a daemon thread, or a one-line error after REQUEST_TIMEOUT_S (the thread
-    is left to the request's own fate: a daemon never holds the process's exit)."""
+def _with_deadline(address: str, function, *args: Any, deadline_s: float | None = None, **kwargs: Any) -> Any:
+    """``function(*args)`` in a daemon thread, or a one-line error after ``deadline_s`` (default
+    REQUEST_TIMEOUT_S; the thread is left to the request's own fate: a daemon never holds the
+    process's exit)."""
+    deadline_s = deadline_s or REQUEST_TIMEOUT_S
     outcome: dict[str, Any] = {}
 
     def call() -> None:
@@ -80,23 +83,27 @@ def _with_deadline(address: str, function, *args: Any, **kwargs: Any) -> Any:
 
     thread = threading.Thread(target=call, name="tuner-jobs-request", daemon=True)
     thread.start()
-    thread.join(REQUEST_TIMEOUT_S)
+    thread.join(deadline_s)
     if thread.is_alive():
-        raise UserError(f"--address {address}: no answer within {REQUEST_TIMEOUT_S} s (is it Ray's dashboard, "
+        raise UserError(f"--address {address}: no answer within {deadline_s:g} s (is it Ray's dashboard, "
                         f"http://HEAD:8265?)")
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
 
 
-def _call(address: str, what: str, function, *args: Any, **kwargs: Any) -> Any:
+def _call(address: str, what: str, function, *args: Any, deadline_s: float | None = None, **kwargs: Any) -> Any:
     try:
-        return _with_deadline(address, function, *args, **kwargs)
+        return _with_deadline(address, function, *args, deadline_s=deadline_s, **kwargs)
+    except UserError:
+        raise
     except RuntimeError as exc:  # the Jobs API answers unknown ids and refusals with RuntimeError
         message = _first_line(exc)
         if "does not exist" in message or "not found" in message.lower():
             raise NotFoundError(f"{what}: no such job on {address}") from None
         raise UserError(f"{what}: {message}") from None
+    except Exception as exc:  # noqa: BLE001 - a lost connection, a refused token, a package too large
+        raise UserError(f"{what}: {_first_line(exc)} ({address})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -156,8 +163,9 @@ def submit(spec_path: Path, spec: JobSpec, address: str, *, overrides: list[str]
         runtime_env = {"working_dir": staging, "py_modules": [str(project / p) for p in PACKAGES],
                        "env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGTERM", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_S)}}
         submission_id = f"tuner-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # Uploading the code folder takes as long as it takes: a longer deadline than a request's.
         return _call(address, spec.name, jobs.submit_job, entrypoint=shlex.join(command), runtime_env=runtime_env,
-                     submission_id=submission_id, metadata={"tuner.job": spec.name})
+                     submission_id=submission_id, metadata={"tuner.job": spec.name}, deadline_s=SUBMIT_TIMEOUT_S)
 
 
 def _row(info, submission_id: str) -> dict[str, Any]:

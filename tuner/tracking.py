@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping
 
 from ray.tune import Callback
 
-from tuner.errors import UserError, is_refusal
+from tuner.errors import UserError, describe, is_item_refusal
 from tuner.folders import write_atomically
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,6 @@ RAY_RESULT_KEYS = frozenset({
 _RETRY_WAIT_S = (1, 2, 4, 8)  # waits between delivery attempts while the server is away
 _FLUSH_S = 2.0  # the writer delivers what accumulated this often
 
-# Keep MLflow's own HTTP retries short: the journal already buffers, and a long retry inside one
-# call would hold up every later event.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _client(tracking_uri: str):
@@ -161,11 +156,13 @@ class Journal:
                 with open(self.events_path, "r+b") as f:
                     f.truncate(len(complete))
             for line in complete.splitlines():
+                if not line.strip():
+                    continue
                 event = _parse_event(line)
-                if event is None:
-                    self.damaged += line.strip() != b""
-                else:
-                    self.events.append(event)
+                if event is None:  # kept as a place-holder: `delivered` counts lines, damaged ones included
+                    self.damaged += 1
+                    event = {"op": "damaged"}
+                self.events.append(event)
             if self.damaged:
                 log.warning("%s: skipped %d damaged line(s)", self.events_path, self.damaged)
         self.delivered = self._read_delivered()
@@ -291,28 +288,30 @@ class Delivery:
             try:
                 self.client.log_batch(run_id, params=params[:100], tags=tags[:100], metrics=metrics[:1000])
             except Exception as exc:
-                if not is_refusal(exc):
+                if not is_item_refusal(exc):
                     raise
                 self._one_by_one(run_id, params[:100], metrics[:1000], tags[:100])
             params, tags, metrics = params[100:], tags[100:], metrics[1000:]
 
     def _one_by_one(self, run_id: str, params: list, metrics: list, tags: list) -> None:
+        """After a refused batch: each name's items on their own, dropping the names refused."""
         from mlflow.entities import RunTag
 
         dropped = []
         for kind, items in (("params", params), ("metrics", metrics), ("tags", tags)):
+            by_name: dict[str, list] = {}
             for item in items:
+                by_name.setdefault(item.key, []).append(item)
+            for name, group in by_name.items():
                 try:
-                    self.client.log_batch(run_id, **{kind: [item]})
+                    self.client.log_batch(run_id, **{kind: group})
                 except Exception as exc:
-                    if not is_refusal(exc):
+                    if not is_item_refusal(exc):
                         raise
-                    dropped.append(item.key)
-                    log.warning("MLflow refused %s %r of run %s, dropped: %s", kind[:-1], item.key, run_id,
-                                str(exc).splitlines()[0][:200])
+                    dropped.append(name)
+                    log.warning("MLflow refused %s %r of run %s, dropped: %s", kind[:-1], name, run_id, describe(exc))
         if dropped:
-            with contextlib.suppress(Exception):
-                self.client.log_batch(run_id, tags=[RunTag("tuner.dropped", ", ".join(sorted(set(dropped)))[:5000])])
+            self.client.log_batch(run_id, tags=[RunTag("tuner.dropped", ", ".join(sorted(dropped))[:5000])])
 
     def _apply_trials(self, events: list[dict[str, Any]]) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -361,6 +360,8 @@ class Delivery:
                 self.client.log_artifact(self.parent_run_id, event["path"], event.get("artifact_path"))
         elif op == "parent_end":
             self.client.set_terminated(self.parent_run_id, status=event["status"], end_time=event["time"])
+        elif op == "damaged":
+            pass  # a line a crash or power loss damaged: reported when the journal was opened
         else:
             raise ValueError(f"unknown tracking event {op!r}")
 
@@ -416,7 +417,7 @@ class Tracker:
             delivered = self.delivery.apply(pending)
         except Exception as exc:  # noqa: BLE001 - an outage (refused items were dropped in Delivery): keep, retry
             self._failures += 1
-            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            self.last_error = describe(exc)
             if self._failures == 1:
                 log.warning("tracking server unreachable (%s); buffering events on disk", self.last_error)
             delivered = self.delivery.progress
