@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from tests.conftest import DATA, children, free_port
+from tuner.cli import app
 from tuner.errors import TrackingUnavailable
 from tuner.folders import RunFolder, new_run_folder, run_folder_lock, store_lock
 from tuner.spec import spec_from_mapping
@@ -130,10 +132,10 @@ def test_a_command_on_a_locked_run_folder_says_who_holds_it_and_exits_2(tmp_path
     try:
         assert holder.stdout.readline().strip() == "held"
         for command in (["sync", str(folder)], ["resume", str(folder)]):
-            proc = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 2, proc.stderr
-            assert f"in use by `tuner run j` (pid {holder.pid}" in proc.stderr
-            assert proc.stderr.count("\n") == 1
+            result = CliRunner().invoke(app, command)
+            assert result.exit_code == 2, result.output
+            assert f"in use by `tuner run j` (pid {holder.pid}" in result.output
+            assert result.output.count("\n") == 1
     finally:
         holder.kill()
         holder.wait()
@@ -239,18 +241,14 @@ def test_a_data_file_that_does_not_parse_fails_the_parent_run_with_one_line(tmp_
     (folder,) = (tmp_path / "tuner_runs" / "bad-data").iterdir()
     assert json.loads((folder / "job.json").read_text())["status"] == "failed"
     assert "Traceback" in (folder / "error.txt").read_text()
-    check = subprocess.run([*CLI, "check", "job.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert check.returncode == 2 and check.stderr.count("\n") == 1 and "could not run: ValueError" in check.stderr
+    check = CliRunner().invoke(app, ["check", str(tmp_path / "job.yaml")])
+    assert check.exit_code == 2 and check.output.count("\n") == 1 and "could not run: ValueError" in check.output
 
 
 # --------------------------------------------------------------------------------- 5, 6. input
 
 
 def test_cli_one_liners_for_a_quoted_job_name_and_a_damaged_job_json(tmp_path):
-    from typer.testing import CliRunner
-
-    from tuner.cli import app
-
     _store(tmp_path)
     shown = CliRunner().invoke(app, ["show", "x'", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert shown.exit_code == 2 and "not a job name" in shown.output and "Traceback" not in shown.output
@@ -264,8 +262,8 @@ def test_cli_one_liners_for_a_quoted_job_name_and_a_damaged_job_json(tmp_path):
 def test_control_characters_from_a_spec_never_reach_the_terminal(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text('name: x\n"\\e[2J\\e[31mred": 1\n')
-    proc = subprocess.run([*CLI, "validate", str(spec)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "\x1b" not in proc.stderr and "\\x1b[2J" in proc.stderr
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2 and "\x1b" not in result.output and "\\x1b[2J" in result.output
 
 
 @pytest.mark.parametrize("uri", ["sqlite:////var/lib/mlflow/mlflow.db", "databricks", "databricks://profile",
@@ -319,9 +317,10 @@ def test_jobs_api_and_tracking_reads_against_a_server_that_never_answers_fail_in
             submit.status(address, "tuner-x-1")
         assert time.monotonic() - started < 10
     dead = f"http://127.0.0.1:{free_port()}"
-    proc = subprocess.run([*CLI, "show", "x", "--tracking-uri", dead], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "did not answer" in proc.stderr, proc.stderr
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["show", "x", "--tracking-uri", dead])  # MLflow's retries: the service's 1
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "did not answer" in result.output
+    assert time.monotonic() - started < 30, result.output
     with pytest.raises(TrackingUnavailable, match="did not answer when asked to start the job's parent run"):
         from tuner.errors import tracking_errors
 

@@ -147,6 +147,19 @@ def test_the_loop_trains_a_user_model_on_a_user_dataset_reproducibly():
     assert runs[0][-1]["val_acc"] > 0.5 and runs[0][0]["init_loss"] == pytest.approx(math.log(10), rel=0.2)
 
 
+@pytest.mark.parametrize("model, data", [("nets:build", "digits"), ("mlp", "digits_data:load"),
+                                         ("cnn", "digits_data:load")])
+def test_your_model_and_the_built_in_data_combine_freely(model, data):
+    from tuner.run import factories, trial_config
+
+    spec = _spec(model=model, data=data)
+    made = factories(spec)
+    history = []
+    fit({**trial_config(spec), "epochs": 1}, model=made.model, data=made.data,
+        report=lambda m, c: history.append(m))
+    assert history[0]["val_acc"] > 0.3, history
+
+
 def test_regression_reports_mse_and_rmse_and_starts_near_the_targets_variance():
     sys.path.insert(0, str(EXAMPLES / "diabetes-regression"))
     try:
