@@ -30,8 +30,12 @@ from tuner.tracking import Delivery, Journal, legal_name, start_parent_run, sync
 CLI = [sys.executable, "-m", "tuner.cli"]
 
 
+_STORES: dict[str, str] = {}
+
+
 def _store(tmp_path: Path) -> tuple[str, str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    """A new parent run in this module's one SQLite store (a new store costs MLflow's migrations, ~2 s)."""
+    uri = _STORES.setdefault("uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment_id, parent = start_parent_run(tracking_uri=uri, experiment="e", job_name="j", params={},
                                              spec_yaml="name: j\n", tags={})
     return uri, experiment_id, parent
@@ -249,8 +253,8 @@ def test_a_data_file_that_does_not_parse_fails_the_parent_run_with_one_line(tmp_
 
 
 def test_cli_one_liners_for_a_quoted_job_name_and_a_damaged_job_json(tmp_path):
-    _store(tmp_path)
-    shown = CliRunner().invoke(app, ["show", "x'", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+    uri, _, _ = _store(tmp_path)
+    shown = CliRunner().invoke(app, ["show", "x'", "--tracking-uri", uri])
     assert shown.exit_code == 2 and "not a job name" in shown.output and "Traceback" not in shown.output
     folder = tmp_path / "runs" / "j" / "20260101-000000"
     folder.mkdir(parents=True)

@@ -1,5 +1,7 @@
 """Engine settings that only environment variables reach, set around a job or a command (where the
-user has not set them) and restored after it: nothing is changed at import.
+user has not set them) and restored after it: nothing is changed at import. The tracking writer also
+sets MLflow's around each delivery, for code that uses it outside a job (the variables are the
+process's: a block nested in a job's changes nothing, the job's block holds them).
 
     with engine_settings():      # a job: Tune's and MLflow's
         ...

@@ -32,6 +32,7 @@ from ray.tune import Callback
 
 from tuner.errors import UserError, describe, is_item_refusal
 from tuner.folders import write_atomically
+from tuner.settings import mlflow_settings
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,8 @@ class Tracker:
         """Try to deliver everything pending; True when nothing is left."""
         started = time.thread_time()
         try:
-            return self._deliver_pending()
+            with mlflow_settings():  # short HTTP retries: a dead server must not hold the writer for minutes
+                return self._deliver_pending()
         finally:
             self.delivery_cpu_s += time.thread_time() - started
 
@@ -455,7 +457,8 @@ def sync(folder: Path, *, tracking_uri: str, experiment_id: str, parent_run_id: 
     pending = journal.pending()
     delivery = Delivery(tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id)
     try:
-        delivery.apply(pending)
+        with mlflow_settings():
+            delivery.apply(pending)
     finally:
         journal.mark_delivered(delivery.progress)
         journal.close()
