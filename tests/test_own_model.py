@@ -73,6 +73,18 @@ def test_the_cli_refuses_a_module_that_raises_on_import_with_one_line_and_exit_2
     assert not (tmp_path / "tuner_runs").exists()  # nothing started
 
 
+def test_a_data_factory_returning_two_splits_is_one_line_from_tuner_check(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps(_raw(data="bad_data:two_splits", code_dir=str(USER_MODELS))))
+    result = CliRunner().invoke(app, ["check", str(spec)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "the data factory must return (train, val, test)" in result.output and "tuple of 2" in result.output
+
+
 def test_keys_for_your_factories_pass_and_typos_of_the_builtins_do_not():
     spec = _spec(fixed={"hidden": 16, "data_path": "x"})
     assert spec.trial_config()["hidden"] == 16 and spec.code_dir == str(USER_MODELS)

@@ -123,7 +123,7 @@ def test_random_text_only_raises_spec_error(tmp_path_factory, text):
 
 
 _VALID = yaml.safe_load((EXAMPLES / "digits-mlp.yaml").read_text())
-_PATHS = [("name",), ("trainable",), ("search", "algorithm"), ("search", "num_samples"), ("search", "space"),
+_PATHS = [("name",), ("trainable",), ("model",), ("data",), ("task",), ("code_dir",), ("search", "algorithm"), ("search", "num_samples"), ("search", "space"),
           ("trial", "epochs"), ("trial", "resources", "cpu"), ("fixed", "batch_size"), ("scheduler", "name"),
           ("ensemble", "top_k"), ("mlflow",), ("metric",), ("mode",), ("search", "space", "lr")]
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainables.factories import DataFactory, ModelFactory
-from trainables.train import build, resolve_config, scores, shapes, train_loss
+from trainables.train import build, resolve_config, scores, shapes, splits, train_loss
 from trainables.tricks import DROPOUTS, make_optimizer
 
 INIT_LOSS_TOLERANCE = 0.20  # relative distance from ln(C) (or the targets' variance) that still passes
@@ -66,7 +66,7 @@ def sample_and_maker(config: Mapping[str, Any], model: ModelFactory, data: DataF
                      task: str) -> tuple[Sample, MakeModel]:
     """The checks' data and a maker of fresh, seeded models of ``config``, as the trainable builds them."""
     config = resolve_config(config)
-    train, val, _ = data(config)
+    train, val, _ = splits(data, config)
     input_shape, output_dim = shapes(train, val, task, num_classes=getattr(data, "num_classes", None))
     sample = Sample(*take(train), *take(val), task=task)
     return sample, lambda: build(model, config, input_shape, output_dim)

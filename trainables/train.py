@@ -82,6 +82,15 @@ def targets(dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(y) for _, y in dataset])
 
 
+def splits(data: DataFactory, config: Mapping[str, Any]) -> tuple:
+    """(train, val, test) from a data factory, checked: a factory that returns anything else is told so."""
+    out = data(dict(config))
+    if not isinstance(out, (tuple, list)) or len(out) != 3 or any(len(d) == 0 for d in out[:2]):
+        got = f"{type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TypeError(f"the data factory must return (train, val, test), train and val not empty; got {got}")
+    return tuple(out)
+
+
 def shapes(train, val, task: str, *, num_classes: int | None = None) -> tuple[tuple[int, ...], int]:
     """(one example's shape, output size): for classification ``num_classes`` where the data set knows
     it (the built-ins count every split), else the largest label of train and validation + 1; for
@@ -167,7 +176,7 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
     Raises `Diverged` as soon as a training loss is not finite.
     """
     config = resolve_config(config)
-    train, val, _ = data(config)
+    train, val, _ = splits(data, config)
     input_shape, output_dim = shapes(train, val, task, num_classes=getattr(data, "num_classes", None))
     device = device_for_trial()
     amp = _use_amp(config, device)

@@ -77,10 +77,10 @@ def _model_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, trac
         return _none(tracker, "no trial left a checkpoint")
     staging = _stage_members(folder.path / "ensemble_members", members, spec)
     from trainables.pyfunc import load_members
-    from trainables.train import outputs, resolve_config
+    from trainables.train import outputs, resolve_config, splits
 
     _, nets = load_members(staging)
-    _, _, test = data(resolve_config(members[0]["config"]))
+    _, _, test = splits(data, resolve_config(members[0]["config"]))
     test_outputs, targets = [], None
     for net in nets:
         out, targets = outputs(net, test, spec.task)
