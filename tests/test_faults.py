@@ -25,7 +25,7 @@ from tuner.cli import app
 from tuner.errors import TrackingUnavailable
 from tuner.folders import RunFolder, new_run_folder, run_folder_lock, store_lock
 from tuner.spec import spec_from_mapping
-from tuner.tracking import Delivery, Journal, legal_name, start_parent_run, sync
+from tuner.tracking import Delivery, Journal, JournalWriteError, legal_name, start_parent_run, sync
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 
@@ -356,3 +356,28 @@ def test_two_jobs_starting_together_get_their_own_folders_and_one_new_store(tmp_
         thread.join()
     assert errors == [] and len(set(folders)) == 4
     assert len(MlflowClient(f"sqlite:///{tmp_path / 'new.db'}").search_runs(["1"])) == 4
+
+
+@pytest.mark.slow
+def test_a_journal_that_cannot_be_written_mid_job_stops_it_with_the_parent_failed(ray_session, tmp_path,
+                                                                                    monkeypatch):
+    """The disk fills while trials report: Tune stops, the parent run is FAILED with the reason."""
+    from tests.conftest import small_spec
+    from tuner.run import JobFailed, run_job
+
+    real = Journal.append
+    appended = []
+
+    def fills_up(self, event):
+        appended.append(event["op"])
+        if len(appended) > 6 and event["op"] == "metrics":
+            raise JournalWriteError(f"cannot write the tracking journal {self.events_path}: No space left on device")
+        return real(self, event)
+
+    monkeypatch.setattr(Journal, "append", fills_up)
+    with pytest.raises(JobFailed, match="the job failed: .*JournalWriteError: .*No space left on device") as caught:
+        run_job(small_spec(tmp_path, search={"num_samples": 4}), output_root=tmp_path)
+    assert "\n" not in str(caught.value)
+    (parent,) = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs(
+        ["1"], filter_string="tags.`tuner.job` = 't'")
+    assert parent.info.status == "FAILED" and "No space left on device" in parent.data.tags["error"]

@@ -129,7 +129,10 @@ def describe(exc: BaseException) -> str:
     message's first line and where it was raised (file:line), without the traceback."""
     import traceback
 
-    message = redact(next((line.strip() for line in str(exc).splitlines() if line.strip()), ""))
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # an engine's wrapper (TuneError) around the real error
+        return f"{type(exc).__name__}: {redact(lines[-1])[:300]}"
+    message = redact(lines[0] if lines else "")
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {message[:300]}{where}"
