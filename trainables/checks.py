@@ -19,10 +19,10 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from trainables.factories import DataFactory, ModelFactory
-from trainables.train import build, resolve_config, scores, shapes, splits, train_loss
+from trainables.train import build, outputs, resolve_config, scores, shapes, splits, train_loss
 from trainables.tricks import DROPOUTS, make_optimizer
 
 INIT_LOSS_TOLERANCE = 0.20  # relative distance from ln(C) (or the targets' variance) that still passes
@@ -73,11 +73,7 @@ def sample_and_maker(config: Mapping[str, Any], model: ModelFactory, data: DataF
 
 
 def _val_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> float:
-    net.eval()
-    with torch.no_grad():
-        out = net(x).float()
-    out = torch.softmax(out, dim=1) if task == "classification" else out.reshape(y.shape)
-    return scores(out, y, task)["val_loss"]
+    return scores(*outputs(net, TensorDataset(x, y), task), task)["val_loss"]
 
 
 def check_init_loss(make_model: MakeModel, sample: Sample) -> CheckResult:

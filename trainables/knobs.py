@@ -18,7 +18,6 @@ INIT_CHOICES = ("keep", *INITS)  # keep: the model's own init
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adagrad", "rmsprop")
 LR_SCHEDULES = ("exponential", "step", "cosine", "none")
 MODELS = ("mlp", "cnn")  # built-in model factories
-TASKS = ("classification", "regression")
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,                  # torch/numpy seed: same config and seed -> same metrics on CPU

@@ -54,8 +54,3 @@ def _own_init(model: nn.Module) -> nn.Module:
 
     init_weights(model, "kaiming")
     return model
-
-
-def classifier_layer(model: nn.Module) -> nn.Linear:
-    """The last linear layer registered in the model (the one producing the outputs, in most models)."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]

@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuner.errors import UserError, describe, redact_uri, tracking_errors
+from tuner.errors import UserError, describe, redact, tracking_errors
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
@@ -200,7 +200,7 @@ def _print_result(result: Any, job: Any) -> None:
         score = "acc" if e["task"] == "classification" else "rmse"
         out.print(f"ensemble of {len(e['members'])}: test {score} {e[f'ensemble_test_{score}']:.4f} "
                   f"(best single {e[f'best_single_test_{score}']:.4f}); model {where}")
-    where = redact_uri(result.tracking_uri)
+    where = redact(result.tracking_uri)
     out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
     out.print(f"MLflow UI: {_ui_url(where, result.experiment_id, result.parent_run_id)}"
@@ -300,7 +300,7 @@ def sync(job: str = typer.Argument(..., help="Job name (its newest run) or run f
     with run_folder_lock(folder.path, "tuner sync"), tracking_errors(uri, "take the journal's events"):
         delivered, left = deliver(folder.tracking, tracking_uri=folder.tracking_uri(state),
                                   experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
-    out.print(f"delivered {delivered} events to {redact_uri(state['tracking_uri'])}; {left} left")
+    out.print(f"delivered {delivered} events to {redact(state['tracking_uri'])}; {left} left")
     raise typer.Exit(0 if left == 0 else 1)
 
 
@@ -316,7 +316,7 @@ def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store i
     from tuner.spec import load_spec
 
     uri = tracking_uri_for(load_spec(spec), output_dir) if spec else _store(tracking_uri, output_dir)
-    out.print(f"MLflow UI for {redact_uri(uri)}: http://127.0.0.1:{port}")
+    out.print(f"MLflow UI for {redact(uri)}: http://127.0.0.1:{port}")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
     raise typer.Exit(subprocess.call(command))
@@ -332,7 +332,7 @@ def runs(tracking_uri: Optional[str] = TrackingOption, output_dir: Path = Output
     store = _store(tracking_uri, output_dir)
     with tracking_errors(store, "list the jobs"):
         rows = job_runs(store)
-    table = Table(title=f"jobs in {redact_uri(store)}", title_justify="left")
+    table = Table(title=f"jobs in {redact(store)}", title_justify="left")
     for column in ("job", "parent run", "started", "status", "best"):
         table.add_column(column)
     for row in rows:

@@ -12,7 +12,7 @@ import unicodedata
 from typing import Any, Iterator
 
 __all__ = ["UserError", "SpecError", "NotFoundError", "TrackingUnavailable", "TrackingRefused", "printable",
-           "is_refusal", "is_item_refusal", "tracking_errors", "redact", "redact_uri", "describe"]
+           "is_refusal", "is_item_refusal", "tracking_errors", "redact", "describe"]
 
 _MAX_SHOWN = 80
 
@@ -102,7 +102,7 @@ def tracking_errors(tracking_uri: str, doing: str) -> Iterator[None]:
             yield
     except (MlflowException, RequestException, OperationalError, ConnectionError, TimeoutError) as exc:
         first = redact(next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__))[:300]
-        where = redact_uri(tracking_uri)
+        where = redact(tracking_uri)
         if is_refusal(exc):
             raise TrackingRefused(f"MLflow at {where} refused to {doing}: {first}") from None
         raise TrackingUnavailable(f"MLflow at {where} did not answer when asked to {doing} ({first}); "
@@ -118,10 +118,6 @@ def redact(text: str) -> str:
     replaced by ***, wherever in the text: for messages, logs, tags and files."""
     return _SECRET_QUERY.sub(r"\g<head>***", _USERINFO.sub(r"\g<head>:***@", text))
 
-
-def redact_uri(uri: str) -> str:
-    """A store's URI with its secrets replaced by ***."""
-    return redact(uri)
 
 
 def describe(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tuner.errors import NotFoundError, UserError, redact_uri
+from tuner.errors import NotFoundError, UserError, redact
 from tuner.spec import NAME_PATTERN
 from tuner.tracking import JOB_TAG
 
@@ -33,14 +33,14 @@ def find_parent_run(tracking_uri: str, job: str):
         try:
             return client.get_run(job)
         except MlflowException:
-            raise NotFoundError(f"{job}: no run with this id in {redact_uri(tracking_uri)}") from None
+            raise NotFoundError(f"{job}: no run with this id in {redact(tracking_uri)}") from None
     if not NAME_PATTERN.fullmatch(job):  # never built into a filter string unchecked
         raise NotFoundError(f"{job!r}: not a job name ({NAME_PATTERN.pattern}) or a 32-hex run id")
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`{JOB_TAG}` = '{job}'",
                               order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
     if not runs:
-        raise NotFoundError(f"{job}: no job of this name in {redact_uri(tracking_uri)}")
+        raise NotFoundError(f"{job}: no job of this name in {redact(tracking_uri)}")
     return runs[0]
 
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
-from tuner.errors import NotFoundError, UserError, redact_uri
+from tuner.errors import NotFoundError, UserError, redact
 
 DEFAULT_OUTPUT_ROOT = Path("tuner_runs")
 EMBEDDED_STORE = "mlflow.db"
@@ -122,7 +122,7 @@ class RunFolder:
     def write_state(self, **fields: Any) -> None:
         """Update job.json (a store URI's password is never written: see `tracking_uri`)."""
         if "tracking_uri" in fields:
-            fields["tracking_uri"] = redact_uri(fields["tracking_uri"])
+            fields["tracking_uri"] = redact(fields["tracking_uri"])
         state = {**(self.read_state() if self.state.exists() else {}), **fields}
         write_atomically(self.state, json.dumps(state, indent=2))
 
@@ -133,7 +133,7 @@ class RunFolder:
         if "***" not in uri:
             return uri
         given = os.environ.get("MLFLOW_TRACKING_URI", "")
-        if given and redact_uri(given) == uri:
+        if given and redact(given) == uri:
             return given
         raise UserError(f"{self.state}: the job's store {uri} needs its password: set MLFLOW_TRACKING_URI to "
                         f"that URI with the password, or use MLFLOW_TRACKING_USERNAME/PASSWORD")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from tuner.errors import NotFoundError, UserError, describe, redact_uri, tracking_errors
+from tuner.errors import NotFoundError, UserError, describe, redact, tracking_errors
 from tuner.folders import (DEFAULT_OUTPUT_ROOT, RunFolder, new_run_folder, run_folder_lock, store_lock,
                            tracking_uri_for)
 from tuner.settings import engine_settings
@@ -226,7 +226,7 @@ def _run_job(spec: JobSpec, *, output_root: Path, checks: list | None, callbacks
             # folder, only its redacted form (it finds this writer by its folder).
             job.tracker = Tracker.for_run(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
                                           parent_run_id=parent_run_id)
-            callback = TrackingCallback(folder=folder.tracking, tracking_uri=redact_uri(uri),
+            callback = TrackingCallback(folder=folder.tracking, tracking_uri=redact(uri),
                                         experiment_id=experiment_id, parent_run_id=parent_run_id,
                                         metric=spec.metric, mode=spec.mode, max_t=asha_max_t(spec))
             made = factories(spec)
