@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -10,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from search_spaces import preset_names
+from search_spaces import load_preset, preset_names
 from tests.conftest import DATA, EXAMPLES
 from tuner.cli import app
 from tuner.errors import SpecError
-from tuner.spec import load_spec, spec_from_mapping
+from tuner.spec import NAME_PATTERN, load_spec, spec_from_mapping
 
 BAD = sorted((DATA / "bad_specs").glob("*.yaml"))
 
@@ -111,26 +113,69 @@ _yaml_values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)), max_leaves=20)
 
 
+def _round_trips(spec) -> bool:
+    """An accepted spec, written out and read again, is the same spec (nothing was half-checked)."""
+    return spec_from_mapping(yaml.safe_load(spec.to_yaml())) == spec
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=200))
-def test_random_text_only_raises_spec_error(tmp_path_factory, text):
+def test_random_text_is_refused_in_one_line_or_is_a_whole_spec(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("h") / "spec.yaml"
     path.write_text(text)
     try:
-        load_spec(path)
-    except SpecError:
-        pass
+        spec = load_spec(path)
+    except SpecError as exc:
+        assert str(exc).startswith(str(path)) and "\n" not in str(exc)
+    else:
+        assert NAME_PATTERN.fullmatch(spec.name) and _round_trips(spec)
 
 
 _VALID = yaml.safe_load((EXAMPLES / "digits-mlp.yaml").read_text())
 _PATHS = [("name",), ("trainable",), ("model",), ("data",), ("task",), ("code_dir",), ("search", "algorithm"), ("search", "num_samples"), ("search", "space"),
           ("trial", "epochs"), ("trial", "resources", "cpu"), ("fixed", "batch_size"), ("scheduler", "name"),
-          ("ensemble", "top_k"), ("mlflow",), ("metric",), ("mode",), ("search", "space", "lr")]
+          ("ensemble", "top_k"), ("mlflow",), ("metric",), ("mode",), ("search", "space", "lr"),
+          ("search", "max_concurrent"), ("search", "seed"), ("fixed", "lr"), ("fixed", "dropout")]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(_PATHS), _yaml_values)
-def test_mutated_valid_spec_only_raises_spec_error(path, value):
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return (_integer(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# Written from the README's spec reference, not from tuner/spec.py: for these fields, whether a value
+# must be accepted. A spec that accepts what the rule refuses (or the reverse) fails the test.
+_RULES = {
+    ("name",): lambda v: isinstance(v, str) and bool(re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", v)) and v not in (".", ".."),
+    ("task",): lambda v: v in ("classification", "regression"),
+    ("mode",): lambda v: v == "min",  # the example optimises val_loss
+    ("metric",): lambda v: v in ("val_loss", "train_loss"),  # the metrics minimised for classification
+    ("search", "algorithm"): lambda v: v in ("tpe", "random"),
+    ("search", "num_samples"): lambda v: _integer(v) and 1 <= v <= 100_000,
+    ("search", "max_concurrent"): lambda v: _integer(v) and 1 <= v <= 10_000,
+    ("search", "seed"): lambda v: _integer(v) and 0 <= v < 2**32,
+    ("trial", "epochs"): lambda v: _integer(v) and 1 <= v <= 100_000,
+    ("trial", "resources", "cpu"): lambda v: _number(v) and 0 < v <= 1024,
+    ("ensemble", "top_k"): lambda v: _integer(v) and 0 <= v <= 100,
+    ("scheduler", "name"): lambda v: v in ("fifo", "asha"),
+    ("fixed", "batch_size"): lambda v: _integer(v) and v >= 1,
+    ("fixed", "lr"): lambda v: _number(v) and v >= 0,
+    ("fixed", "dropout"): lambda v: v is None or (_number(v) and 0 <= v < 1),
+}
+
+
+# The values at the rules' edges, which random draws rarely hit.
+_EDGES = st.sampled_from([0, 1, -1, 0.5, 1.0, 0.999, 100_000, 100_001, 10_000, 10_001, 1024, 1024.5, 2**32 - 1, 2**32,
+                          True, False, None, "", "min", "max", "tpe", "grid", "asha", "regression", "a" * 101,
+                          "..", "val_acc", float("inf"), float("nan"), [], {}])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_PATHS), st.one_of(_EDGES, _yaml_values))
+def test_a_mutated_valid_spec_is_accepted_exactly_when_the_rule_says(path, value):
     import copy
 
     raw = copy.deepcopy(_VALID)
@@ -140,7 +185,17 @@ def test_mutated_valid_spec_only_raises_spec_error(path, value):
             node[key] = {}
         node = node[key]
     node[path[-1]] = value
+    if path[0] == "fixed":  # a knob is searched or fixed, not both: search the preset without it
+        raw["search"]["space"] = {k: v for k, v in load_preset("training_tricks").items() if k != path[1]}
+    if path == ("trainable",):  # your own loop instead of the service's model and data
+        raw.pop("model", None), raw.pop("data", None), raw.pop("fixed", None)
+    rule = _RULES.get(path)
     try:
-        spec_from_mapping(raw)
-    except SpecError:
-        pass
+        spec = spec_from_mapping(raw, base_dir=EXAMPLES)
+    except SpecError as exc:
+        named = exc.field.startswith(path[0]) or (path == ("metric",) and exc.field == "mode")  # metric's direction
+        assert "\n" not in str(exc) and named, (path, value, str(exc))
+        assert rule is None or not rule(value), f"refused a legal {'.'.join(path)}={value!r}: {exc}"
+    else:
+        assert rule is None or rule(value), f"accepted an illegal {'.'.join(path)}={value!r}"
+        assert _round_trips(spec)
