@@ -67,7 +67,7 @@ def service_tune_phase(spec, tmp: Path, made, *, tracking: bool) -> Timer:
     """
     from tuner.folders import new_run_folder, tracking_uri_for
     from tuner.run import make_tuner
-    from tuner.tracking import start_parent_run
+    from tuner.tracking import open_writer, start_parent_run
 
     folder = new_run_folder(spec, tmp)
     callbacks = []
@@ -75,18 +75,18 @@ def service_tune_phase(spec, tmp: Path, made, *, tracking: bool) -> Timer:
         uri = tracking_uri_for(spec, tmp)
         experiment_id, parent = start_parent_run(tracking_uri=uri, experiment=spec.experiment, job_name=spec.name,
                                                  params={}, spec_yaml=spec.to_yaml(), tags={})
-        callbacks = [_timed_callback_class()(folder=folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
-                                                parent_run_id=parent, metric=spec.metric, mode=spec.mode)]
+        tracker = _timed_writer(open_writer(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
+                                            parent_run_id=parent))
+        callbacks = [_timed_callback_class()(folder=folder.tracking, metric=spec.metric, mode=spec.mode)]
     with Timer() as t:
         make_tuner(spec, folder, callbacks, made).fit()
         if tracking:
-            tracker = callbacks[0].tracker  # the job's writer (after close, `.tracker` would start a new one)
             with Timer() as flush:
                 left = tracker.close()
     if tracking:
         if left:
             raise RuntimeError(f"{left} tracking events undelivered: the measurement is void")
-        t.callback_cpu_s, t.writer_cpu_s = callbacks[0].cpu_s, tracker.delivery_cpu_s
+        t.callback_cpu_s, t.writer_cpu_s = callbacks[0].cpu_s, tracker.cpu_s
         t.flush_s = flush.seconds
     return t
 
@@ -99,6 +99,21 @@ def _timed(hook: Callable) -> Callable:
         finally:
             self.cpu_s += time.thread_time() - started
     return timed
+
+
+def _timed_writer(tracker):
+    """The job's writer, with the CPU its deliveries take (its own thread's) counted in ``cpu_s``."""
+    deliver = tracker._deliver_once  # bench's hook on the service's writer; tuner/ has none of its own
+    tracker.cpu_s = 0.0
+
+    def timed() -> bool:
+        started = time.thread_time()
+        try:
+            return deliver()
+        finally:
+            tracker.cpu_s += time.thread_time() - started
+    tracker._deliver_once = timed
+    return tracker
 
 
 @functools.cache

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import DATA
@@ -89,10 +90,16 @@ def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path, momen
     names = sorted(r.info.run_name for r in children)
     assert names == [f"trial-{i:03d}" for i in range(1, NUM_SAMPLES + 1)]  # none missing, none duplicated
     assert all(r.info.status == "FINISHED" for r in children)
-    # Trials that had finished before the crash were not run again.
+    # Each trial ended once in the journal: one that ended before the crash was not journaled again,
+    # whatever Tune re-ran; one Tune forgot (started after its last snapshot) is marked forgotten, its
+    # run deleted, and the trial Tune ran in its place is the one counted.
     lines = [json.loads(line) for line in events.read_text().splitlines()]
+    forgotten = {e["trial"] for e in lines if e["op"] == "trial_forget"}
     ends = {}
     for event in lines:
-        if event["op"] == "trial_end":
+        if event["op"] == "trial_end" and event["trial"] not in forgotten:
             ends[event["trial"]] = ends.get(event["trial"], 0) + 1
     assert all(count == 1 for count in ends.values()) and len(ends) == NUM_SAMPLES
+    deleted = client.search_runs([state["experiment_id"]], run_view_type=ViewType.DELETED_ONLY,
+                                 filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")
+    assert {r.data.tags["tuner.trial_id"] for r in deleted} <= forgotten

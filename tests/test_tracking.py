@@ -65,7 +65,6 @@ def test_live_tracker_delivers_in_order(tmp_path: Path):
     _emit_two_trials(tracker)
     assert tracker.close(timeout_s=30) == 0
     assert Journal(tmp_path / "tracking").delivered == 11
-    assert tracker.delivery_cpu_s > 0  # the writer's work is counted (bench/overhead.py reports it)
 
 
 def test_journal_ignores_a_line_cut_short_by_a_crash(tmp_path: Path):

@@ -37,7 +37,6 @@ from trainables.tricks import apply_model_knobs, clip_gradients, make_optimizer,
 Report = Callable[[dict[str, float], "str | None"], None]
 EVAL_BATCH = 1024  # examples per forward pass when evaluating
 
-_amp_warned = False
 
 
 class Diverged(RuntimeError):
@@ -61,11 +60,9 @@ def device_for_trial() -> torch.device:
 
 
 def _use_amp(config: Mapping[str, Any], device: torch.device) -> bool:
-    global _amp_warned
     if config["amp"] and device.type != "cuda":
-        if not _amp_warned:
-            warnings.warn("amp: true needs CUDA; training in full precision on the CPU", stacklevel=2)
-            _amp_warned = True
+        # Python's default warning filter shows this once per process, however many epochs ask.
+        warnings.warn("amp: true needs CUDA; training in full precision on the CPU", stacklevel=2)
         return False
     return bool(config["amp"])
 

@@ -187,8 +187,8 @@ def _print_result(result: Any, job: Any) -> None:
         for key in job.space:
             table.add_column(key)
         for row in result.top:
-            table.add_row(row["trial"], f"{row['value']:.4f}", str(row["epochs"]),
-                          *[fmt(row["config"].get(k)) for k in job.space])
+            table.add_row(row.trial, f"{row.value:.4f}", str(row.epochs),
+                          *[fmt(row.config.get(k)) for k in job.space])
         out.print(table)
     if result.best_trial:
         out.print(f"best trial: {result.best_trial}  {job.metric}={result.best_value:.4f}")

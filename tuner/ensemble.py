@@ -24,6 +24,7 @@ import numpy as np
 from tuner.errors import describe
 from tuner.spec import JobSpec
 from tuner.tracking import fluent_tracking_uri
+from tuner.tracking.names import RankedTrial
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,11 @@ def _scores(out: np.ndarray, targets: np.ndarray, task: str) -> dict[str, float]
     return {"rmse": float(np.sqrt(mse)), "loss": mse}
 
 
-def _result(members: list[dict[str, Any]], test_outputs: list[np.ndarray], targets: np.ndarray,
+def _result(members: list[RankedTrial], test_outputs: list[np.ndarray], targets: np.ndarray,
             task: str) -> dict[str, Any]:
     ensemble = _scores(np.mean(test_outputs, axis=0), targets, task)
     single = _scores(test_outputs[0], targets, task)
-    return {"members": [m["trial"] for m in members], "task": task, "model_uri": None,
+    return {"members": [m.trial for m in members], "task": task, "model_uri": None,
             **{f"ensemble_test_{k}": v for k, v in ensemble.items()},
             **{f"best_single_test_{k}": v for k, v in single.items()}}
 
@@ -53,7 +54,7 @@ def _none(tracker, reason: str) -> None:
     tracker.emit("parent", tags={"ensemble": f"none: {reason}"})
 
 
-def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker, model=None,
+def build_ensemble(spec: JobSpec, ranked: list[RankedTrial], *, folder, tracker, model=None,
                    data=None) -> dict[str, Any] | None:
     """Score the top-k ensemble and log it on the parent run; None (with the reason logged) when impossible.
 
@@ -70,8 +71,8 @@ def build_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, track
         return _none(tracker, f"the ensemble could not be built: {describe(exc)}")
 
 
-def _model_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, tracker, data) -> dict[str, Any] | None:
-    members = [r for r in ranked if r["checkpoint"] and (Path(r["checkpoint"]) / "meta.json").exists()]
+def _model_ensemble(spec: JobSpec, ranked: list[RankedTrial], *, folder, tracker, data) -> dict[str, Any] | None:
+    members = [r for r in ranked if r.checkpoint and (Path(r.checkpoint) / "meta.json").exists()]
     members = members[: spec.ensemble.top_k]
     if not members:
         return _none(tracker, "no trial left a checkpoint")
@@ -80,7 +81,7 @@ def _model_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, trac
     from trainables.train import outputs, resolve_config, splits
 
     _, nets = load_members(staging)
-    _, _, test = splits(data, resolve_config(members[0]["config"]))
+    _, _, test = splits(data, resolve_config(members[0].config))
     test_outputs, targets = [], None
     for net in nets:
         out, targets = outputs(net, test, spec.task)
@@ -97,16 +98,16 @@ def _model_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], *, folder, trac
     return result
 
 
-def _trainable_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], tracker) -> dict[str, Any] | None:
+def _trainable_ensemble(spec: JobSpec, ranked: list[RankedTrial], tracker) -> dict[str, Any] | None:
     """A user Ray trainable's ensemble, from the class probabilities its checkpoints hold."""
-    members = [r for r in ranked if r["checkpoint"] and (Path(r["checkpoint"]) / "test_probs.npy").exists()]
+    members = [r for r in ranked if r.checkpoint and (Path(r.checkpoint) / "test_probs.npy").exists()]
     members = members[: spec.ensemble.top_k]
     if not members:
         return _none(tracker, "no trial checkpoint holds test_probs.npy (see README: your own trainable)")
-    label_file = Path(members[0]["checkpoint"]) / "test_labels.npy"
+    label_file = Path(members[0].checkpoint) / "test_labels.npy"
     if not label_file.exists():
         return _none(tracker, "trainable checkpoints need test_labels.npy beside test_probs.npy")
-    probs = [np.load(Path(m["checkpoint"]) / "test_probs.npy") for m in members]
+    probs = [np.load(Path(m.checkpoint) / "test_probs.npy") for m in members]
     result = _result(members, probs, np.load(label_file), "classification")
     tracker.emit("parent", metrics={k: v for k, v in result.items() if k.startswith(("ensemble_", "best_single_"))},
                  tags={"ensemble_members": ",".join(result["members"])})
@@ -116,20 +117,20 @@ def _trainable_ensemble(spec: JobSpec, ranked: list[dict[str, Any]], tracker) ->
 # ------------------------------------------------------------------------------------ the model
 
 
-def _stage_members(staging: Path, members: list[dict[str, Any]], spec: JobSpec) -> Path:
+def _stage_members(staging: Path, members: list[RankedTrial], spec: JobSpec) -> Path:
     """Copy each member's weights and meta.json into ``staging`` and describe them in ensemble.json."""
     from trainables.pyfunc import MEMBERS_FILE
 
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    meta = json.loads((Path(members[0]["checkpoint"]) / "meta.json").read_text())
+    meta = json.loads((Path(members[0].checkpoint) / "meta.json").read_text())
     described = []
     for i, member in enumerate(members):
         (staging / f"member-{i}").mkdir()
         for name in ("model.pt", "meta.json"):
-            shutil.copy(Path(member["checkpoint"]) / name, staging / f"member-{i}" / name)
-        described.append({"trial": member["trial"], "folder": f"member-{i}"})
+            shutil.copy(Path(member.checkpoint) / name, staging / f"member-{i}" / name)
+        described.append({"trial": member.trial, "folder": f"member-{i}"})
     (staging / MEMBERS_FILE).write_text(json.dumps({
         "model": spec.model, "task": spec.task, "input_shape": meta["input_shape"],
         "output_dim": meta["output_dim"], "input_scaling": meta.get("input_scaling"),

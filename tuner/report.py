@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from tuner.spec import JobSpec
-from tuner.tracking import trial_run_name
+from tuner.tracking.names import RankedTrial, trial_run_name
 
 
-def rank_trials(results, *, metric: str, mode: str) -> list[dict[str, Any]]:
+def rank_trials(results, *, metric: str, mode: str) -> list[RankedTrial]:
     """Trials that did not fail, best first, by the best value of ``metric`` over their epochs."""
     ranked = []
     for result in results:
@@ -29,15 +29,15 @@ def rank_trials(results, *, metric: str, mode: str) -> list[dict[str, Any]]:
         if not math.isfinite(value):
             continue
         checkpoint = result.get_best_checkpoint(metric, mode) if result.best_checkpoints else None
-        ranked.append({
-            "trial": trial_run_name(result.metrics["trial_id"], result.metrics.get("experiment_tag")),
-            "trial_id": result.metrics["trial_id"],
-            "value": value,
-            "epochs": int(result.metrics.get("training_iteration", len(series))),
-            "config": dict(result.config),
-            "checkpoint": checkpoint.path if checkpoint is not None else None,
-        })
-    ranked.sort(key=lambda r: r["value"], reverse=(mode == "max"))
+        ranked.append(RankedTrial(
+            trial=trial_run_name(result.metrics["trial_id"], result.metrics.get("experiment_tag")),
+            trial_id=result.metrics["trial_id"],
+            value=value,
+            epochs=int(result.metrics.get("training_iteration", len(series))),
+            config=dict(result.config),
+            checkpoint=checkpoint.path if checkpoint is not None else None,
+        ))
+    ranked.sort(key=lambda r: r.value, reverse=(mode == "max"))
     return ranked
 
 
@@ -75,7 +75,7 @@ def rebuild_study(spec: JobSpec, rows: list[dict[str, Any]]):
     return study
 
 
-def write_report(spec: JobSpec, results, ranked: list[dict[str, Any]], statuses: Mapping[str, str],
+def write_report(spec: JobSpec, results, ranked: list[RankedTrial], statuses: Mapping[str, str],
                  folder: Path) -> list[Path]:
     """Write trials.csv and the PNG plots into ``folder``; return the files written."""
     import pandas as pd

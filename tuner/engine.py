@@ -1,0 +1,147 @@
+"""The engines' side of a job: Ray start-up, the trainable, the `ray.tune.Tuner`, SIGTERM.
+
+Everything here is Ray's public API; `tuner.job.Job` puts it together with the run folder and the
+tracking writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from tuner.folders import RunFolder
+from tuner.spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Factories:
+    """What the service's loop trains: the model factory and the data factory (a built-in data set
+    arrives loaded, from the driver; a user's ``load`` runs in each trial)."""
+
+    model: Callable
+    data: Callable
+
+
+def factories(spec: JobSpec) -> Factories | None:
+    """The job's model and data factories; None for a job with its own trainable."""
+    if not spec.service_loop:
+        return None
+    from trainables.factories import data_factory, model_factory
+
+    return Factories(model=model_factory(spec.model, spec.code_dir),  # type: ignore[arg-type]
+                     data=data_factory(spec.data.model_dump(), spec.code_dir, task=spec.task))  # type: ignore[union-attr]
+
+
+def trainable(spec: JobSpec, made: Factories | None) -> Callable:
+    """The function Tune runs per trial, with the trial's resources."""
+    from ray import tune
+
+    if made is not None:
+        from trainables.train import service_trainable
+
+        # The factories travel through Ray's object store (a built-in data set with its arrays).
+        function = tune.with_parameters(service_trainable, model=made.model, data=made.data, task=spec.task)
+    else:
+        from trainables.factories import import_function
+
+        function = import_function(spec.trainable, spec.code_dir, kind="trainable")  # type: ignore[arg-type]
+    return tune.with_resources(function, {"cpu": spec.trial.resources.cpu, "gpu": spec.trial.resources.gpu})
+
+
+def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factories | None, *,
+               verbose: bool = False):
+    """The `ray.tune.Tuner` of a job (the job adds the tracking callback; bench/ measures without it)."""
+    from ray import tune
+
+    from tuner.search import make_scheduler, make_searcher
+    from tuner.tracking import trial_name
+
+    return tune.Tuner(
+        trainable(spec, made),
+        param_space=spec.trial_config(),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec),
+            scheduler=make_scheduler(spec),
+            num_samples=spec.search.num_samples,
+            max_concurrent_trials=spec.search.max_concurrent,
+            reuse_actors=True,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=folder.ray.name,
+            storage_path=str(folder.path.resolve()),
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.metric,
+                                                    checkpoint_score_order=spec.mode),
+            verbose=1 if verbose else 0,
+        ),
+    )
+
+
+def restore_tuner(spec: JobSpec, folder: RunFolder, made: Factories | None):
+    """The interrupted job's `ray.tune.Tuner`, searcher state and callbacks included (Tune unpickles them)."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(folder.ray.resolve()), trainable=trainable(spec, made),
+                              resume_unfinished=True, resume_errored=False, restart_errored=False)
+
+
+@contextlib.contextmanager
+def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool) -> Iterator[None]:
+    """Ray for the job's block: started here and shut down after, or the one already running."""
+    import ray
+
+    if in_ray_job():
+        # Ray may delete a Jobs submission's working_dir copy once no worker uses it while this driver
+        # still has it as its current directory (seen: Tune's end failed in os.getcwd with
+        # FileNotFoundError). The spec resolved every path it needs when it was loaded.
+        os.chdir(folder.path.resolve())
+    if ray.is_initialized():
+        yield
+        return
+    env: dict[str, Any] = {}
+    # A job submitted through Ray's Jobs API (tuner submit) already ships the code folder as its
+    # working_dir, which Ray puts on every worker's path. Otherwise workers do not see the driver's
+    # sys.path: ship the user's code folder with the job.
+    if spec.user_code and not in_ray_job():
+        paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    ray.init(address=spec.ray.address or "local", runtime_env=env or None, include_dashboard=False,
+             logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
+             configure_logging=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray Jobs submission (Ray sets this variable)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[threading.Event]:
+    """SIGTERM (how `tuner stop`, Ray's Jobs API and Kubernetes stop a job) ends the job the way
+    Ctrl-C does: Tune stops the running trials and saves its state (its handler listens on SIGUSR1
+    too), and the job then closes those trials as KILLED instead of dying with them."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)

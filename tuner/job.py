@@ -1,0 +1,238 @@
+"""A tuning job as one object: its spec, run folder, tracking writer and Ray session.
+
+    job = Job.new(spec, output_root)          # or Job.existing(run_folder) to resume
+    with run_folder_lock(job.folder.path, "tuner run NAME"):   # the caller holds the folder's lock
+        result = job.fit(checks=..., callbacks=...)            # or job.resume()
+
+`fit` starts the parent run, opens the journal's writer, runs Tune in a Ray
+session and `finish`es: ranks the trials, builds the ensemble, writes the report and ends the parent
+run. Whatever stops a job after its parent run exists ends that run FAILED (or KILLED) with the
+reason, never RUNNING. A job writes only inside its run folder (`tuner.folders`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tuner.engine import Factories, factories, make_tuner, ray_session, restore_tuner, stop_on_sigterm
+from tuner.errors import NotFoundError, UserError, describe, tracking_errors
+from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
+from tuner.spec import JobSpec, load_spec
+from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, open_writer,
+                            start_parent_run, trial_statuses)
+
+
+@dataclass
+class JobResult:
+    run_folder: Path
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    statuses: dict[str, str]  # trial name -> FINISHED | KILLED | FAILED
+    best_trial: str | None = None
+    best_value: float | None = None
+    best_config: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, Any] | None = None
+    top: list[RankedTrial] = field(default_factory=list)  # best trials first
+    undelivered: int = 0
+    stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
+
+    @property
+    def succeeded(self) -> bool:
+        """At least one trial ran to its end or was stopped by the scheduler with results."""
+        return any(status in ("FINISHED", "KILLED") for status in self.statuses.values())
+
+
+class JobFailed(UserError):
+    """The job failed after its parent run started; the parent run is FAILED with the reason."""
+
+    exit_code = 1
+
+
+class Job:
+    """One job, start to end: the composition root of the service (no module holds a job's state)."""
+
+    def __init__(self, spec: JobSpec, folder: RunFolder, tracking_uri: str, *, experiment_id: str | None = None,
+                 parent_run_id: str | None = None) -> None:
+        self.spec, self.folder, self.tracking_uri = spec, folder, tracking_uri
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.tracker: Tracker | None = None  # the journal's writer, open while the job runs
+
+    @classmethod
+    def new(cls, spec: JobSpec, output_root: Path) -> Job:
+        """A new job in a new run folder under ``output_root``."""
+        uri = tracking_uri_for(spec, output_root)
+        try:
+            folder = new_run_folder(spec, output_root)
+            folder.spec.write_text(spec.to_yaml())
+        except OSError as exc:
+            raise UserError(f"{output_root}: cannot write the job's run folder ({describe(exc)})") from None
+        return cls(spec, folder, uri)
+
+    @classmethod
+    def existing(cls, folder: RunFolder) -> Job:
+        """An interrupted job, from its run folder, to resume under the same parent run."""
+        if not (folder.ray / "tuner.pkl").exists():
+            raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
+        state = folder.read_state()
+        return cls(load_spec(folder.spec), folder, folder.tracking_uri(state),
+                   experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+
+    # ---------------------------------------------------------------------------------- running
+
+    def fit(self, *, checks: list | None = None, callbacks: list | None = None, verbose: bool = False) -> JobResult:
+        """Run the job to its end. ``checks``: sanity-check results for the parent run; ``callbacks``:
+        more Ray Tune callbacks (the CLI's progress view)."""
+        self._start_parent_run(checks or [])
+        with self._parent_fails_with_the_job():
+            self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
+                                    experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+                                    status="running")
+            self._open_tracking()
+            made = factories(self.spec)
+            callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.metric,
+                                        mode=self.spec.mode, max_t=_max_t(self.spec))
+            with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
+                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
+                                     verbose=verbose).fit()
+            return self.finish(results, made, stopped=stopped.is_set())
+
+    def resume(self, *, verbose: bool = False) -> JobResult:
+        """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run.
+        The tracking callback comes back with the experiment (Tune unpickles it) and finds the writer."""
+        with self._parent_fails_with_the_job():
+            self._open_tracking()
+            made = factories(self.spec)
+            with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
+                results = restore_tuner(self.spec, self.folder, made).fit()
+            return self.finish(results, made, stopped=stopped.is_set())
+
+    def finish(self, results, made: Factories | None, *, stopped: bool = False) -> JobResult:
+        """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
+        from tuner.report import rank_trials, write_report
+
+        spec, tracker = self.spec, self.tracker
+        assert tracker is not None and self.parent_run_id is not None  # opened by fit/resume
+        ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
+        statuses = trial_statuses(tracker, results, stopped=stopped)
+        result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
+                           experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
+                           statuses=statuses, top=ranked[:5], stopped=stopped)
+        if ranked:
+            best = ranked[0]
+            result.best_trial, result.best_value, result.best_config = best.trial, best.value, best.config
+        if ranked and spec.ensemble.top_k > 0 and not stopped:
+            from tuner.ensemble import build_ensemble
+
+            result.ensemble = build_ensemble(spec, ranked, folder=self.folder, tracker=tracker,
+                                             model=made and made.model, data=made and made.data)
+        for path in write_report(spec, results, ranked, statuses, self.folder.report):
+            tracker.emit("artifact", path=str(path), artifact_path="report")
+        counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
+        final = "KILLED" if stopped else "FINISHED" if result.succeeded else "FAILED"
+        tags = {"tuner.status": final}
+        if result.best_trial:
+            tags.update(best_trial=result.best_trial, best_config=json.dumps(result.best_config, default=str))
+        tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
+        tracker.emit("parent_end", status=final)
+        result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
+        self.folder.write_state(status=final.lower(), best_trial=result.best_trial, undelivered=result.undelivered)
+        return result
+
+    # ------------------------------------------------------------------------------ the parent run
+
+    def _start_parent_run(self, checks: list) -> None:
+        spec = self.spec
+        check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks}
+        try:
+            with store_lock(self.tracking_uri), tracking_errors(self.tracking_uri, "start the job's parent run"):
+                self.experiment_id, self.parent_run_id = start_parent_run(
+                    tracking_uri=self.tracking_uri, experiment=spec.experiment, job_name=spec.name,
+                    spec_yaml=self.folder.spec.read_text(), params=_spec_params(spec),
+                    tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed), **check_tags})
+        except BaseException:
+            shutil.rmtree(self.folder.path, ignore_errors=True)  # nothing started: leave nothing behind
+            raise
+
+    def _open_tracking(self) -> None:
+        """The journal's writer gets the store's URI as given; job.json and Tune's pickle only its
+        redacted form (`RunFolder.tracking_uri` restores the password from the environment)."""
+        assert self.experiment_id is not None and self.parent_run_id is not None
+        self.tracker = open_writer(self.folder.tracking, tracking_uri=self.tracking_uri,
+                                   experiment_id=self.experiment_id, parent_run_id=self.parent_run_id)
+
+    @contextlib.contextmanager
+    def _parent_fails_with_the_job(self) -> Iterator[None]:
+        """Whatever stops the job after its parent run exists (a data file that does not parse, an
+        engine error, a full disk) ends the parent run FAILED with the reason: the traceback goes to
+        ``error.txt`` in the run folder and on the parent run, the command prints one line. Ctrl-C that
+        gets past Tune ends it KILLED."""
+        try:
+            yield
+        except JobFailed:
+            raise
+        except KeyboardInterrupt:
+            self._end_parent("KILLED", {})
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
+            reason = describe(exc)
+            trace = self.folder.path / "error.txt"
+            try:
+                trace.write_text(traceback.format_exc())
+                reason += self._end_parent("FAILED", {"tuner.status": "FAILED", "error": reason}, trace=trace)
+            except (OSError, JournalWriteError) as disk:
+                reason += f"; the run folder could not record it ({describe(disk)})"
+            raise JobFailed(f"{self.spec.name}: the job failed: {reason} (parent run FAILED; traceback in "
+                            f"{trace})") from exc
+
+    def _end_parent(self, status: str, tags: dict[str, str], *, trace: Path | None = None) -> str:
+        """End the parent run through the journal, or straight through MLflow when there is no journal
+        or it cannot be written; '' or what went wrong, for the one-line message."""
+        note = ""
+        if self.tracker is not None:
+            try:
+                if trace is not None:
+                    self.tracker.emit("artifact", path=str(trace), artifact_path=None)
+                self.tracker.emit("parent", tags=tags)
+                self.tracker.emit("parent_end", status=status)
+                left = self.tracker.close(timeout_s=self.spec.mlflow.flush_timeout_s)
+                self.folder.write_state(status=status.lower(), error=tags.get("error"), undelivered=left)
+                return ""
+            except (OSError, JournalWriteError) as exc:
+                self.tracker.close(timeout_s=0)
+                note = f"; the journal could not record it ({describe(exc)})"
+        from mlflow.tracking import MlflowClient
+
+        try:
+            with tracking_errors(self.tracking_uri, "end the parent run"):
+                client = MlflowClient(self.tracking_uri)
+                if tags:
+                    client.set_tag(self.parent_run_id, "error", tags.get("error", "")[:5000])
+                client.set_terminated(self.parent_run_id, status=status)
+        except UserError as exc:
+            note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
+        return note
+
+
+def _max_t(spec: JobSpec) -> int | None:
+    from tuner.search import asha_max_t
+
+    return asha_max_t(spec)
+
+
+def _spec_params(spec: JobSpec) -> dict[str, Any]:
+    params = {"model": spec.model, "trainable": spec.trainable, "task": spec.task, "metric": spec.metric,
+              "mode": spec.mode, "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
+              "max_concurrent": spec.search.max_concurrent, "seed": spec.search.seed,
+              "scheduler": spec.scheduler.name, "epochs": spec.trial.epochs,
+              "space": ",".join(spec.space), "ensemble_top_k": spec.ensemble.top_k}
+    params.update({f"fixed.{k}": v for k, v in spec.fixed.items()})
+    if spec.data is not None:
+        params["data"] = spec.data.name or spec.data.factory or spec.data.path
+    return params
