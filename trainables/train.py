@@ -38,7 +38,6 @@ Report = Callable[[dict[str, float], "str | None"], None]
 EVAL_BATCH = 1024  # examples per forward pass when evaluating
 
 
-
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite; the trial stops at once."""
 

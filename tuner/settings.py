@@ -18,8 +18,8 @@ from typing import Iterator
 # Ray Tune's, for the driver of a job.
 TUNE_SETTINGS = {
     # Snapshot the experiment state every second (Tune's default waits up to minutes; every step, 0,
-    # made 1,000 short trials 9x slower, bench/bookkeeping.py). Trial ends reach the journal only after
-    # a snapshot that includes them (tuner.tracking), so `tuner resume` never re-runs a journaled trial.
+    # made 1,000 short trials 9x slower, bench/bookkeeping.py): what `tuner resume` restores from, so
+    # a killed driver loses at most about a second of Tune's bookkeeping (tuner.tracking.callback).
     "TUNE_GLOBAL_CHECKPOINT_S": "1",
     # Trials checkpoint only on a better epoch and keep one checkpoint each, which makes Tune snapshot
     # often and warn about it on every snapshot; the snapshots are what `tuner resume` restores from.
