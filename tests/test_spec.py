@@ -199,3 +199,10 @@ def test_a_mutated_valid_spec_is_accepted_exactly_when_the_rule_says(path, value
     else:
         assert rule is None or rule(value), f"accepted an illegal {'.'.join(path)}={value!r}"
         assert _round_trips(spec)
+
+
+def test_exponent_floats_without_a_dot_are_numbers_as_in_yaml_1_2_and_json(tmp_path: Path):
+    (tmp_path / "job.yaml").write_text("name: j\nfixed: {weight_decay: 1e-5}\n"
+                                       "search: {space: {lr: {loguniform: [1e-4, 1E-1]}}}\n")
+    spec = load_spec(tmp_path / "job.yaml")
+    assert spec.fixed["weight_decay"] == 1e-5 and spec.space["lr"] == {"loguniform": [1e-4, 0.1]}

@@ -79,3 +79,69 @@ def test_journal_ignores_a_line_cut_short_by_a_crash(tmp_path: Path):
     again.append({"op": "metrics", "trial": "a", "step": 2, "time": 0, "values": {"x": 2}})
     again.close()
     assert [e["step"] for e in Journal(tmp_path).events] == [1, 2]
+
+
+class FakeTrial:
+    """The parts of a Tune trial the callback reads."""
+
+    def __init__(self, trial_id: str, index: int) -> None:
+        self.trial_id, self.experiment_tag, self.config = trial_id, f"{index}_x=1", {"x": 1}
+        self.last_result = {"score": 0.5}
+
+    def is_finished(self) -> bool:
+        return True
+
+
+def test_a_resumed_job_squares_the_journal_with_the_trials_tune_restored(tmp_path: Path):
+    from tuner.tracking import TrackingCallback, open_writer
+
+    folder = tmp_path / "tracking"
+    journal = Journal(folder)  # what the killed driver left: a ended, b and c started
+    for n, trial in enumerate(["a", "b", "c"], start=1):
+        journal.append({"op": "trial_start", "time": n, "trial": trial, "name": f"trial-00{n}", "params": {}})
+    journal.append({"op": "trial_end", "time": 4, "trial": "a", "status": "FINISHED", "tags": {}})
+    journal.close()
+
+    tracker = open_writer(folder, tracking_uri=_dead_server(), experiment_id="1", parent_run_id="p")
+    import pickle
+
+    callback = pickle.loads(pickle.dumps(TrackingCallback(folder=folder, metric="score", mode="min")))
+    callback.setup()
+    # Tune restored a (its snapshot had it still running) and b; c started after the last snapshot.
+    a, b, c2 = FakeTrial("a", 1), FakeTrial("b", 2), FakeTrial("c2", 3)
+    callback.on_step_begin(0, [a, b])
+    for trial in (a, b, c2):
+        callback.on_trial_start(0, [a, b, c2], trial)
+        callback.on_trial_result(0, [a, b, c2], trial, {"score": 0.5, "training_iteration": 1})
+        callback.on_trial_complete(0, [a, b, c2], trial)
+    callback.on_step_begin(1, [a, b, c2])  # squared once, at the first step only
+    assert tracker.close(timeout_s=0) > 0
+    new = [(e["op"], e.get("trial")) for e in Journal(folder).events[4:]]
+    assert new[0] == ("trial_forget", "c")  # Tune forgot c: its run goes, c2 takes its place
+    assert ("trial_end", "a") not in new and ("trial_start", "a") not in new  # a ended once, before
+    assert [t for op, t in new if op == "trial_end"] == ["b", "c2"]
+    assert [op for op, _ in new].count("trial_forget") == 1
+
+
+def test_a_forgotten_trials_run_is_deleted_and_one_never_delivered_is_never_made(tmp_path: Path):
+    from mlflow.entities import ViewType
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id, parent = start_parent_run(tracking_uri=store, experiment="e", job_name="j", params={},
+                                             spec_yaml="name: j\n", tags={})
+    folder = tmp_path / "tracking"
+    journal = Journal(folder)
+    journal.append({"op": "trial_start", "time": 1, "trial": "c", "name": "trial-003", "params": {}})
+    journal.close()
+    assert sync(folder, tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent) == (1, 0)
+    journal = Journal(folder)
+    journal.append({"op": "trial_forget", "time": 2, "trial": "c", "tags": {"tuner.end": "forgotten"}})
+    journal.append({"op": "trial_start", "time": 3, "trial": "d", "name": "trial-004", "params": {}})
+    journal.append({"op": "trial_forget", "time": 4, "trial": "d", "tags": {"tuner.end": "forgotten"}})
+    journal.close()
+    assert sync(folder, tracking_uri=store, experiment_id=experiment_id, parent_run_id=parent) == (3, 0)
+    client = MlflowClient(store)
+    flt = f"tags.`{PARENT_TAG}` = '{parent}'"
+    assert client.search_runs([experiment_id], filter_string=flt) == []
+    deleted = client.search_runs([experiment_id], filter_string=flt, run_view_type=ViewType.DELETED_ONLY)
+    assert [(r.info.run_name, r.data.tags["tuner.end"]) for r in deleted] == [("trial-003", "forgotten")]
