@@ -77,7 +77,7 @@ def service_tune_phase(spec, tmp: Path, made, *, tracking: bool) -> Timer:
                                                  params={}, spec_yaml=spec.to_yaml(), tags={})
         tracker = _timed_writer(open_writer(folder.tracking, tracking_uri=uri, experiment_id=experiment_id,
                                             parent_run_id=parent))
-        callbacks = [_timed_callback_class()(folder=folder.tracking, metric=spec.metric, mode=spec.mode)]
+        callbacks = [_timed_callback_class()(folder=folder.tracking, metric=spec.objective, mode=spec.direction)]
     with Timer() as t:
         make_tuner(spec, folder, callbacks, made).fit()
         if tracking:

@@ -7,6 +7,11 @@ A space is a mapping from a config key to one domain::
     width:   {randint: [32, 256]}            # int, both ends included, low < high
     batch:   {lograndint: [16, 256]}         # int, log scale, 1 <= low < high
     init:    {choice: [xavier, kaiming]}     # categorical; null, bools, numbers, strings
+    momentum: {uniform: [0.5, 0.99], when: {optimizer: [momentum, nesterov]}}   # conditional
+
+A key with ``when`` is sampled only when an earlier ``choice`` key took one of the listed values; in
+a trial where it is not, the key is absent from the config (the training loop uses its default). The
+space is then sampled define-by-run (`sample`), Optuna's way of searching conditional spaces.
 
 A preset is a YAML file of that form in this folder, named by its stem (``training_tricks``).
 """
@@ -25,6 +30,7 @@ from tuner.errors import SpecError
 PRESET_DIR = Path(__file__).resolve().parent
 
 DOMAINS = ("loguniform", "uniform", "randint", "lograndint", "choice")
+CONDITION = "when"
 _SCALAR = (type(None), bool, int, float, str)
 
 
@@ -48,7 +54,86 @@ def parse_space(raw: Any, *, source: str = "", field: str = "search.space") -> d
         raise SpecError(source, field, "must be a preset name or a mapping of key: {domain: [...]}", raw)
     if not raw:
         raise SpecError(source, field, "is empty: name at least one key to search")
-    return {str(key): _parse_domain(value, source=source, field=f"{field}.{key}") for key, value in raw.items()}
+    parsed: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        where = f"{field}.{key}"
+        if isinstance(value, Mapping) and CONDITION in value:
+            domain = _parse_domain({k: v for k, v in value.items() if k != CONDITION}, source=source, field=where)
+            parsed[str(key)] = {**domain, CONDITION: _parse_condition(value[CONDITION], parsed, source=source,
+                                                                       field=f"{where}.{CONDITION}")}
+        else:
+            parsed[str(key)] = _parse_domain(value, source=source, field=where)
+    return parsed
+
+
+def _parse_condition(raw: Any, earlier: Mapping[str, Mapping[str, Any]], *, source: str,
+                     field: str) -> dict[str, list]:
+    """``{parent: [values]}``: the parent is a choice key sampled before this one; the values its choices."""
+    if not isinstance(raw, Mapping) or len(raw) != 1:
+        raise SpecError(source, field, "must be {key: [values]}: one earlier choice key and the values that "
+                        "switch this one on", raw)
+    (parent, values), = raw.items()
+    if parent not in earlier:
+        raise SpecError(source, field, "must name a key sampled before this one (keys are sampled in the "
+                        "order written)", parent)
+    kind, choices = domain_of(earlier[parent])
+    if kind != "choice":
+        raise SpecError(source, field, f"{parent} is {kind}; a condition names a choice key", parent)
+    values = values if isinstance(values, list) else [values]
+    for value in values or [None]:
+        if not values or not any(_same(value, c) for c in choices):
+            raise SpecError(source, f"{field}.{parent}", f"must be among {parent}'s choices {choices}", value)
+    return {str(parent): list(values)}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal and of one type (1 is not true, 1.0 is not 1 for a choice)."""
+    return type(a) is type(b) and a == b
+
+
+def domain_of(entry: Mapping[str, Any]) -> tuple[str, list]:
+    """(kind, args) of a parsed space entry, its condition aside."""
+    (kind, args), = ((k, v) for k, v in entry.items() if k != CONDITION)
+    return kind, args
+
+
+def condition_of(entry: Mapping[str, Any]) -> tuple[str, list] | None:
+    """(parent key, values) of a conditional entry; None for one sampled always."""
+    return next(iter(entry[CONDITION].items())) if CONDITION in entry else None
+
+
+def is_active(entry: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
+    """Whether an entry is sampled, given the values of the keys sampled before it."""
+    condition = condition_of(entry)
+    if condition is None:
+        return True
+    parent, allowed = condition
+    return parent in values and any(_same(values[parent], v) for v in allowed)
+
+
+class sample:  # noqa: N801 - used as a function: sample(space)(trial)
+    """The space as a define-by-run function of an `optuna.Trial` (what `OptunaSearch` takes for
+    conditional spaces): each key suggested in order, a conditional one only when its condition holds.
+    A class, not a closure, because Tune pickles the searcher with its space."""
+
+    def __init__(self, space: Mapping[str, Mapping[str, Any]]) -> None:
+        self.space = {key: dict(entry) for key, entry in space.items()}
+
+    def __call__(self, trial) -> None:
+        distributions = to_optuna(self.space)
+        values: dict[str, Any] = {}
+        for key, entry in self.space.items():
+            if is_active(entry, values):
+                values[key] = _suggest(trial, key, distributions[key])
+        return None
+
+
+def _suggest(trial, key: str, distribution: od.BaseDistribution) -> Any:
+    if isinstance(distribution, od.CategoricalDistribution):
+        return trial.suggest_categorical(key, distribution.choices)
+    if isinstance(distribution, od.IntDistribution):
+        return trial.suggest_int(key, distribution.low, distribution.high, log=distribution.log)
+    return trial.suggest_float(key, distribution.low, distribution.high, log=distribution.log)
 
 
 def _parse_domain(value: Any, *, source: str, field: str) -> dict[str, list]:
@@ -84,13 +169,13 @@ def _parse_domain(value: Any, *, source: str, field: str) -> dict[str, list]:
     return {domain: [low if is_int else float(low), high if is_int else float(high)]}
 
 
-def to_optuna(space: Mapping[str, Mapping[str, list]]) -> dict[str, od.BaseDistribution]:
-    """Convert a parsed space to the Optuna distributions ``OptunaSearch`` samples from."""
+def to_optuna(space: Mapping[str, Mapping[str, Any]]) -> dict[str, od.BaseDistribution]:
+    """Each key's Optuna distribution (conditions aside)."""
     return {key: _to_distribution(domain) for key, domain in space.items()}
 
 
-def _to_distribution(domain: Mapping[str, list]) -> od.BaseDistribution:
-    (kind, args), = domain.items()
+def _to_distribution(domain: Mapping[str, Any]) -> od.BaseDistribution:
+    kind, args = domain_of(domain)
     if kind == "choice":
         return od.CategoricalDistribution(args)
     low, high = args
@@ -101,12 +186,18 @@ def _to_distribution(domain: Mapping[str, list]) -> od.BaseDistribution:
     return od.IntDistribution(low, high, log=(kind == "lograndint"))
 
 
-def midpoint(domain: Mapping[str, list], default: Any = None) -> Any:
-    """A representative value of a domain: the default if it lies inside, else the (geometric) middle.
+def representative(space: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """One config of a space: each active key's `midpoint` (``tuner check`` and ``tuner train``)."""
+    values: dict[str, Any] = {}
+    for key, entry in space.items():
+        if is_active(entry, values):
+            values[key] = midpoint(entry, defaults.get(key))
+    return values
 
-    Used by ``tuner check`` to run the sanity checks on one config before a sweep.
-    """
-    (kind, args), = domain.items()
+
+def midpoint(domain: Mapping[str, Any], default: Any = None) -> Any:
+    """A representative value of a domain: the default if it lies inside, else the (geometric) middle."""
+    kind, args = domain_of(domain)
     if kind == "choice":
         return default if default in args else args[0]
     low, high = args

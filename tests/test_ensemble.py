@@ -90,13 +90,13 @@ def test_a_failure_inside_is_the_reason_and_never_fails_the_job(tmp_path: Path):
 
 
 def test_the_model_carries_the_top_level_modules_of_your_code_dir_only(tmp_path: Path):
-    (tmp_path / "nets.py").write_text("def build(config, input_shape, output_dim): ...\n")
+    (tmp_path / "ensemble_nets.py").write_text("def build(config, input_shape, output_dim): ...\n")
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")
     (tmp_path / "data").mkdir()  # not a package
     (tmp_path / "notes.txt").write_text("")
     (tmp_path / ".hidden.py").write_text("")
-    spec = spec_from_mapping({"name": "c", "model": "nets:build"}, base_dir=tmp_path)
+    spec = spec_from_mapping({"name": "c", "model": "ensemble_nets:build"}, base_dir=tmp_path)
     paths = [Path(p).name for p in code_paths(spec)]
-    assert paths == ["trainables", "nets.py", "pkg"]
+    assert paths == ["trainables", "ensemble_nets.py", "pkg"]
     assert [Path(p).name for p in code_paths(spec_from_mapping({"name": "c"}))] == ["trainables"]

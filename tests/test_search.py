@@ -21,14 +21,15 @@ def _spec(**fields):
                                                 ("random", optuna.samplers.RandomSampler)])
 def test_each_algorithm_is_its_optuna_sampler_seeded(algorithm, sampler):
     spec = _spec(search={"algorithm": algorithm, "seed": 7, "space": "training_tricks"})
-    assert isinstance(make_searcher(spec), OptunaSearch) and isinstance(SAMPLERS[algorithm](7), sampler)
+    assert isinstance(make_searcher(spec), OptunaSearch) and isinstance(SAMPLERS[algorithm](spec), sampler)
 
     def suggestions(seed: int) -> list[dict]:
         searcher = make_searcher(spec.model_copy(update={"search": spec.search.model_copy(update={"seed": seed})}))
         return [searcher.suggest(f"t{i}") for i in range(3)]
 
     assert suggestions(7) == suggestions(7) and suggestions(7) != suggestions(8)
-    assert set(suggestions(7)[0]) == set(spec.space)
+    always = {k for k, entry in spec.space.items() if "when" not in entry}
+    assert all(always <= set(config) <= set(spec.space) for config in suggestions(7))
 
 
 def test_the_registry_is_what_the_spec_admits():
@@ -49,3 +50,34 @@ def test_asha_stops_on_the_jobs_metric_with_its_rungs():
     assert scheduler.metric == "val_loss"
     assert asha_max_t(spec) == 9
     assert asha_max_t(_spec(scheduler={"name": "asha", "max_t": 4}, trial={"epochs": 9})) == 4
+
+
+def test_a_conditional_key_is_sampled_exactly_when_its_condition_holds():
+    spec = _spec(search={"algorithm": "random", "space": "training_tricks"})
+    searcher = make_searcher(spec)
+    configs = [searcher.suggest(f"t{i}") for i in range(60)]
+    for config in configs:
+        assert ("momentum" in config) == (config["optimizer"] in ("momentum", "nesterov"))
+        assert ("lr_step_size" in config) == (config["lr_schedule"] == "step")
+        assert ("warmup_epochs" in config) == (config["lr_schedule"] == "cosine")
+        assert ("lr_decay" in config) == (config["lr_schedule"] in ("exponential", "step"))
+    assert {c["optimizer"] for c in configs} >= {"adam", "momentum"}  # both sides were drawn
+
+
+def test_start_from_runs_first_and_the_sampler_completes_a_partial_config():
+    spec = _spec(search={"algorithm": "tpe", "space": "training_tricks",
+                         "start_from": [{"lr": 0.01, "optimizer": "nesterov"}, {"lr": 0.5}]})
+    searcher = make_searcher(spec)
+    first, second, third = (searcher.suggest(f"t{i}") for i in range(3))
+    assert first["lr"] == 0.01 and first["optimizer"] == "nesterov" and 0.5 <= first["momentum"] <= 0.99
+    assert second["lr"] == 0.5 and {"init", "dropout", "optimizer"} <= set(second)
+    assert third["lr"] not in (0.01, 0.5)
+
+
+def test_grid_walks_every_point_once():
+    spec = _spec(search={"algorithm": "grid", "space": {"optimizer": {"choice": ["sgd", "adam", "nesterov"]},
+                                                        "batchnorm": {"choice": [False, True]}}})
+    assert spec.search.num_samples == 6
+    searcher = make_searcher(spec)
+    points = {(c["optimizer"], c["batchnorm"]) for c in (searcher.suggest(f"t{i}") for i in range(6))}
+    assert len(points) == 6

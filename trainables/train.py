@@ -7,8 +7,10 @@ to a `report` function. `service_trainable` is the Ray Tune function trainable t
     fit(config, model=trainables.models.mlp, data=load_dataset({"name": "digits"}), report=print)
 
 Each epoch reports: epoch, train_loss, val_loss, then val_acc (classification) or val_rmse
-(regression), lr (the rate used in that epoch) and grad_norm (mean global gradient norm before
-clipping); the first also init_loss (val loss before training, a constant).
+(regression), lr (the rate used in that epoch), grad_norm (mean global gradient norm before
+clipping), num_params (the model's size) and epoch_time_s (the epoch's wall time, evaluation
+included): objectives for a multi-objective search; the first also init_loss (val loss before
+training, a constant).
 A checkpoint holds model.pt (the weights), state.pt (optimizer, schedule, epoch) and meta.json
 (the config, the example shape, the output size, the task), all the ensemble needs to rebuild it.
 """
@@ -20,6 +22,7 @@ import math
 import os
 import random
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -187,6 +190,7 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
             "target_scaling": getattr(data, "target_scaling", None)}
 
     init_loss = scores(*outputs(net, val, task), task)["val_loss"]
+    num_params = sum(p.numel() for p in net.parameters())
     start_epoch, best, stale = 0, math.inf, 0
     if restore is not None:
         state = torch.load(Path(restore) / "state.pt", weights_only=False)
@@ -196,6 +200,7 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
         start_epoch, best, init_loss = state["epoch"], state["best"], state["init_loss"]
 
     for epoch in range(start_epoch, config["epochs"]):
+        started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         net.train()
         losses, norms = [], []
@@ -214,7 +219,8 @@ def fit(config: Mapping[str, Any], *, model: ModelFactory, data: DataFactory, ta
         schedule.step()
 
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                   **scores(*outputs(net, val, task), task), "lr": lr, "grad_norm": float(np.mean(norms))}
+                   **scores(*outputs(net, val, task), task), "lr": lr, "grad_norm": float(np.mean(norms)),
+                   "num_params": num_params, "epoch_time_s": time.perf_counter() - started}
         if epoch == start_epoch:  # a constant: reported once, with the trial's first epoch (or a restart's)
             metrics["init_loss"] = init_loss
         score = sign * metrics.get(config["metric"], metrics["val_loss"])

@@ -77,7 +77,7 @@ def validate(spec: Path = typer.Argument(..., help="The job's YAML file."), set:
     out.print(f"  job        {job.name} ({what})")
     out.print(f"  search     {job.search.algorithm}, {job.search.num_samples} trials, "
               f"{job.search.max_concurrent} at once, seed {job.search.seed}, scheduler {job.scheduler.name}")
-    out.print(f"  optimise   {job.mode} {job.metric} over {', '.join(job.space)}")
+    out.print(f"  optimise   {job.direction} {job.objective} over {', '.join(job.space)}")
     out.print(f"  per trial  {job.trial.epochs} epochs, {job.trial.resources.cpu:g} cpu, "
               f"{job.trial.resources.gpu:g} gpu, {job.trial.max_failures} retries")
     if job.fixed:
@@ -162,14 +162,14 @@ def _progress(job: Any, verbose: bool) -> list:
     from tuner.progress import ProgressCallback
     from tuner.search import asha_max_t
 
-    return [ProgressCallback(total=job.search.num_samples, metric=job.metric, mode=job.mode,
+    return [ProgressCallback(total=job.search.num_samples, metric=job.objective, mode=job.direction,
                              searched=list(job.space), max_t=asha_max_t(job), console=out)]
 
 
-def _ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """Where the parent run shows in the MLflow UI (for a local store, once `tuner ui` runs)."""
+def _ui_url(tracking_uri: str, fragment: str) -> str:
+    """Where a page of the MLflow UI is (for a local store, once `tuner ui` runs)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/{fragment}"
 
 
 def _print_result(result: Any, job: Any) -> None:
@@ -180,9 +180,9 @@ def _print_result(result: Any, job: Any) -> None:
               f"{counts['KILLED']} stopped early, {counts['FAILED']} failed"
               + (" (the job was stopped: running trials recorded as KILLED)" if result.stopped else ""))
     if result.top:
-        table = Table(title=f"top trials by {job.metric} ({job.mode})", title_justify="left")
+        table = Table(title=f"top trials by {job.objective} ({job.direction})", title_justify="left")
         table.add_column("trial")
-        table.add_column(job.metric, justify="right")
+        table.add_column(job.objective, justify="right")
         table.add_column("epochs", justify="right")
         for key in job.space:
             table.add_column(key)
@@ -190,8 +190,11 @@ def _print_result(result: Any, job: Any) -> None:
             table.add_row(row.trial, f"{row.value:.4f}", str(row.epochs),
                           *[fmt(row.config.get(k)) for k in job.space])
         out.print(table)
+    if result.pareto_front:
+        out.print(f"Pareto front of {', '.join(f'{m} ({d})' for m, d in zip(job.metrics, job.modes))}: "
+                  f"{', '.join(result.pareto_front)}  (report/pareto_front.csv; export takes --pick TRIAL)")
     if result.best_trial:
-        out.print(f"best trial: {result.best_trial}  {job.metric}={result.best_value:.4f}")
+        out.print(f"best trial: {result.best_trial}  {job.objective}={result.best_value:.4f}")
         searched = {k: result.best_config.get(k) for k in job.space}
         out.print("best config: " + config_text(searched))
     if result.ensemble:
@@ -203,8 +206,8 @@ def _print_result(result: Any, job: Any) -> None:
     where = redact(result.tracking_uri)
     out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
-    out.print(f"MLflow UI: {_ui_url(where, result.experiment_id, result.parent_run_id)}"
-              + ("  (after `tuner ui`)" if local else ""))
+    fragment = result.view or f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    out.print(f"MLflow UI: {_ui_url(where, fragment)}" + ("  (after `tuner ui`)" if local else ""))
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {where}")
     if result.undelivered:
         err.print(f"{result.undelivered} tracking events were not delivered to {where}; they are kept "
@@ -227,8 +230,10 @@ def export(job: str = typer.Argument(..., help="Job name or parent run id."),
            output: Path = typer.Option(Path("best.yaml"), "--output", "-o"),
            format: str = typer.Option("yaml", "--format", help="yaml or json"),
            force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+           pick: Optional[str] = typer.Option(None, "--pick", help="A trial (trial-007) instead of the best "
+                                              "on the first metric: a member of a multi-objective job's front."),
            tracking_uri: Optional[str] = TrackingOption, output_dir: Path = OutputOption) -> None:
-    """Write the best trial's config as a spec that `tuner train` retrains."""
+    """Write the best trial's config (or --pick's) as a spec that `tuner train` retrains."""
     from tuner.export import best_spec, write_spec
 
     if format not in ("yaml", "json"):
@@ -236,7 +241,7 @@ def export(job: str = typer.Argument(..., help="Job name or parent run id."),
     _quiet(False)
     store = _store(tracking_uri, output_dir)
     with tracking_errors(store, f"read job {job}"):
-        spec = best_spec(store, job)
+        spec = best_spec(store, job, pick=pick)
     write_spec(spec, output, fmt=format, force=force)
     out.print(f"wrote {output} (best trial {spec['_exported']['trial']} of run {spec['_exported']['from_run']})")
     if spec["_exported"]["model_uri"]:
@@ -265,8 +270,8 @@ def train(spec: Path = typer.Argument(..., help="A spec, typically from tuner ex
         raise
     except Exception as exc:  # noqa: BLE001 - your model or data failed, or the loss diverged: one line
         raise JobFailed(f"{job.name}: training failed: {describe(exc)}") from None
-    best = (min if job.mode == "min" else max)(m[job.metric] for m in history)
-    out.print(f"best {job.metric}={best!r}")
+    best = (min if job.direction == "min" else max)(m[job.objective] for m in history)
+    out.print(f"best {job.objective}={best!r}")
 
 
 @app.command()
@@ -320,6 +325,22 @@ def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store i
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+@_user_errors
+def dashboard(job: str = typer.Argument(..., help="A job name (its newest run) or a run folder."),
+              port: int = typer.Option(8080, "--port"), output_dir: Path = OutputOption) -> None:
+    """Serve the job's Optuna study with optuna-dashboard on 127.0.0.1 (Ctrl-C stops it)."""
+    from optuna_dashboard import run_server
+
+    from tuner.folders import find_run_folder
+    from tuner.study import stored_study
+
+    storage, name = stored_study(find_run_folder(output_dir, job))
+    out.print(f"optuna-dashboard for study {name}: http://127.0.0.1:{port}/dashboard/studies")
+    _quiet(False)
+    run_server(storage, host="127.0.0.1", port=port)
 
 
 @app.command()

@@ -54,8 +54,9 @@ def trainable(spec: JobSpec, made: Factories | None) -> Callable:
 
 
 def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factories | None, *,
-               verbose: bool = False):
-    """The `ray.tune.Tuner` of a job (the job adds the tracking callback; bench/ measures without it)."""
+               study: tuple[str, str] | None = None, verbose: bool = False):
+    """The `ray.tune.Tuner` of a job (the job adds the tracking callback; bench/ measures without it).
+    ``study``: (storage URL, study name) of the Optuna study the searcher keeps."""
     from ray import tune
 
     from tuner.search import make_scheduler, make_searcher
@@ -65,7 +66,7 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
         trainable(spec, made),
         param_space=spec.trial_config(),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec),
+            search_alg=make_searcher(spec, storage=study and study[0], study_name=study and study[1]),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
             max_concurrent_trials=spec.search.max_concurrent,
@@ -77,8 +78,8 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
             storage_path=str(folder.path.resolve()),
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.metric,
-                                                    checkpoint_score_order=spec.mode),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.objective,
+                                                    checkpoint_score_order=spec.direction),
             verbose=1 if verbose else 0,
         ),
     )

@@ -44,24 +44,51 @@ def find_parent_run(tracking_uri: str, job: str):
     return runs[0]
 
 
-def best_spec(tracking_uri: str, job: str) -> dict[str, Any]:
-    """The job's spec with every searched knob pinned to the best trial's value."""
+def best_spec(tracking_uri: str, job: str, *, pick: str | None = None) -> dict[str, Any]:
+    """The job's spec with every searched knob pinned to the best trial's value, or to trial ``pick``'s
+    (``trial-007``: a multi-objective job's Pareto front has several). The best trial is the best on the
+    first metric, which is the front's member best on that metric. A conditional key the trial did not
+    sample is left out (the trial ran with its default)."""
     import mlflow.artifacts
 
     run = find_parent_run(tracking_uri, job)
-    if "best_config" not in run.data.tags:
-        raise NotFoundError(f"{job}: run {run.info.run_id} has no finished trial to export")
-    best = json.loads(run.data.tags["best_config"])
     with tempfile.TemporaryDirectory() as folder:
         local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="spec.yaml", dst_path=folder,
                                                     tracking_uri=tracking_uri)
         spec = yaml.safe_load(Path(local).read_text())
-    spec["search"]["space"] = {key: {"choice": [best[key]]} for key in spec["search"]["space"]}
-    spec["search"].update(num_samples=1, max_concurrent=1)
+    if pick is not None:
+        best, trial = _picked(tracking_uri, run, pick, spec["search"]["space"]), pick
+    elif "best_config" in run.data.tags:
+        best, trial = json.loads(run.data.tags["best_config"]), run.data.tags.get("best_trial")
+    else:
+        raise NotFoundError(f"{job}: run {run.info.run_id} has no finished trial to export")
+    spec["search"]["space"] = {key: {"choice": [best[key]]} for key in spec["search"]["space"] if key in best}
+    spec["search"].update(num_samples=1, max_concurrent=1, algorithm="random", start_from=[], warm_start=None)
     spec["ensemble"] = {"top_k": 0}
-    spec["_exported"] = {"from_run": run.info.run_id, "trial": run.data.tags.get("best_trial"),
+    spec["_exported"] = {"from_run": run.info.run_id, "trial": trial,
                          "model_uri": run.data.tags.get("ensemble_model_uri")}
     return spec
+
+
+def _picked(tracking_uri: str, parent, name: str, space: dict[str, Any]) -> dict[str, Any]:
+    """Trial ``name``'s config, from its child run's params typed by the job's space."""
+    from mlflow.tracking import MlflowClient
+
+    from search_spaces import parse_space
+    from tuner.study import typed_params
+    from tuner.tracking import PARENT_TAG
+
+    if not re.fullmatch(r"trial-[0-9a-z_]{1,40}", name):
+        raise UserError(f"--pick: must be a trial's name, like trial-007 (got {name!r})")
+    children = MlflowClient(tracking_uri).search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and "
+                                                   f"attributes.run_name = '{name}'")
+    if not children:
+        raise NotFoundError(f"--pick: run {parent.info.run_id} has no trial {name}")
+    config = typed_params(parse_space(space), children[0].data.params)
+    if config is None:
+        raise NotFoundError(f"--pick: {name}'s params do not fit the job's space")
+    return config
 
 
 def write_spec(spec: dict[str, Any], path: Path, *, fmt: str, force: bool) -> None:

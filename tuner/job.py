@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tuner.engine import Factories, factories, make_tuner, ray_session, restore_tuner, stop_on_sigterm
-from tuner.errors import NotFoundError, UserError, describe, tracking_errors
+from tuner.errors import NotFoundError, UserError, describe, redact, tracking_errors
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
 from tuner.spec import JobSpec, load_spec
+from tuner.study import earlier_trials, pareto_front, seed_study, study_ref
 from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, open_writer,
-                            start_parent_run, trial_statuses)
+                            share_trials_view, start_parent_run, trial_statuses)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class JobResult:
     best_config: dict[str, Any] = field(default_factory=dict)
     ensemble: dict[str, Any] | None = None
     top: list[RankedTrial] = field(default_factory=list)  # best trials first
+    pareto_front: list[str] = field(default_factory=list)  # a multi-objective job's front, best first metric first
+    view: str = ""  # the MLflow UI's URL fragment of the trials table
     undelivered: int = 0
     stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
 
@@ -63,6 +66,9 @@ class Job:
         self.spec, self.folder, self.tracking_uri = spec, folder, tracking_uri
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.tracker: Tracker | None = None  # the journal's writer, open while the job runs
+        self.study = study_ref(spec, folder)  # (storage URL, name) of the Optuna study
+        self.warm_start: list = []  # an earlier job's trials, for the study before the search starts
+        self.view = ""  # the MLflow UI's URL fragment of the job's trials table
 
     @classmethod
     def new(cls, spec: JobSpec, output_root: Path) -> Job:
@@ -93,13 +99,15 @@ class Job:
         with self._parent_fails_with_the_job():
             self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
                                     experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
-                                    status="running")
+                                    study_storage=redact(self.study[0]), study_name=self.study[1], status="running")
             self._open_tracking()
+            if self.warm_start:
+                seed_study(self.spec, *self.study, self.warm_start)
             made = factories(self.spec)
-            callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.metric,
-                                        mode=self.spec.mode, max_t=_max_t(self.spec))
+            callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.objective,
+                                        mode=self.spec.direction, max_t=_max_t(self.spec))
             with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
-                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
+                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made, study=self.study,
                                      verbose=verbose).fit()
             return self.finish(results, made, stopped=stopped.is_set())
 
@@ -119,11 +127,11 @@ class Job:
 
         spec, tracker = self.spec, self.tracker
         assert tracker is not None and self.parent_run_id is not None  # opened by fit/resume
-        ranked = rank_trials(results, metric=spec.metric, mode=spec.mode)
+        ranked = rank_trials(results, metric=spec.objective, mode=spec.direction)
         statuses = trial_statuses(tracker, results, stopped=stopped)
         result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
                            experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
-                           statuses=statuses, top=ranked[:5], stopped=stopped)
+                           statuses=statuses, top=ranked[:5], stopped=stopped, view=self.view)
         if ranked:
             best = ranked[0]
             result.best_trial, result.best_value, result.best_config = best.trial, best.value, best.config
@@ -132,7 +140,12 @@ class Job:
 
             result.ensemble = build_ensemble(spec, ranked, folder=self.folder, tracker=tracker,
                                              model=made and made.model, data=made and made.data)
-        for path in write_report(spec, results, ranked, statuses, self.folder.report):
+        written = write_report(spec, results, ranked, statuses, self.folder.report)
+        if spec.multi_objective:
+            result.pareto_front, front_files = pareto_front(spec, results, self.folder.report)
+            written += front_files
+            tracker.emit("parent", tags={"pareto_front": ",".join(result.pareto_front)[:5000]})
+        for path in written:
             tracker.emit("artifact", path=str(path), artifact_path="report")
         counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
         final = "KILLED" if stopped else "FINISHED" if result.succeeded else "FAILED"
@@ -151,11 +164,17 @@ class Job:
         spec = self.spec
         check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks}
         try:
+            if spec.search.warm_start is not None:  # an unknown job is refused before anything starts
+                with tracking_errors(self.tracking_uri, "read the warm start's trials"):
+                    self.warm_start = earlier_trials(spec, self.tracking_uri)
             with store_lock(self.tracking_uri), tracking_errors(self.tracking_uri, "start the job's parent run"):
                 self.experiment_id, self.parent_run_id = start_parent_run(
                     tracking_uri=self.tracking_uri, experiment=spec.experiment, job_name=spec.name,
                     spec_yaml=self.folder.spec.read_text(), params=_spec_params(spec),
-                    tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed), **check_tags})
+                    tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
+                          "tuner.study": self.study[1], **check_tags})
+                self.view = share_trials_view(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                              metrics=spec.metrics, modes=spec.modes, params=list(spec.space))
         except BaseException:
             shutil.rmtree(self.folder.path, ignore_errors=True)  # nothing started: leave nothing behind
             raise
@@ -227,8 +246,8 @@ def _max_t(spec: JobSpec) -> int | None:
 
 
 def _spec_params(spec: JobSpec) -> dict[str, Any]:
-    params = {"model": spec.model, "trainable": spec.trainable, "task": spec.task, "metric": spec.metric,
-              "mode": spec.mode, "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
+    params = {"model": spec.model, "trainable": spec.trainable, "task": spec.task, "metric": ",".join(spec.metrics),
+              "mode": ",".join(spec.modes), "algorithm": spec.search.algorithm, "num_samples": spec.search.num_samples,
               "max_concurrent": spec.search.max_concurrent, "seed": spec.search.seed,
               "scheduler": spec.scheduler.name, "epochs": spec.trial.epochs,
               "space": ",".join(spec.space), "ensemble_top_k": spec.ensemble.top_k}

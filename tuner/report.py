@@ -16,6 +16,9 @@ from tuner.spec import JobSpec
 from tuner.tracking.names import RankedTrial, trial_run_name
 
 
+SAMPLED = "_sampled"  # a row's keys the trial sampled (a conditional one may be absent)
+
+
 def rank_trials(results, *, metric: str, mode: str) -> list[RankedTrial]:
     """Trials that did not fail, best first, by the best value of ``metric`` over their epochs."""
     ranked = []
@@ -47,12 +50,13 @@ def trial_rows(spec: JobSpec, results, statuses: Mapping[str, str]) -> list[dict
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         frame = result.metrics_dataframe
         best = None
-        if frame is not None and spec.metric in frame and not frame[spec.metric].dropna().empty:
-            best = float(frame[spec.metric].min() if spec.mode == "min" else frame[spec.metric].max())
+        if frame is not None and spec.objective in frame and not frame[spec.objective].dropna().empty:
+            best = float(frame[spec.objective].min() if spec.direction == "min" else frame[spec.objective].max())
         name = trial_run_name(trial_id, (result.metrics or {}).get("experiment_tag"))
         rows.append({"trial": name, "status": statuses.get(name, "FAILED" if result.error else "FINISHED"),
-                     f"best_{spec.metric}": best, "epochs": (result.metrics or {}).get("training_iteration"),
-                     **{k: result.config.get(k) for k in spec.space}})
+                     f"best_{spec.objective}": best, "epochs": (result.metrics or {}).get("training_iteration"),
+                     **{k: result.config.get(k) for k in spec.space},
+                     SAMPLED: [k for k in spec.space if k in result.config]})
     return sorted(rows, key=lambda r: r["trial"])
 
 
@@ -63,11 +67,11 @@ def rebuild_study(spec: JobSpec, rows: list[dict[str, Any]]):
     from search_spaces import to_optuna
 
     distributions = to_optuna(spec.space)
-    study = optuna.create_study(direction="minimize" if spec.mode == "min" else "maximize")
+    study = optuna.create_study(direction="minimize" if spec.direction == "min" else "maximize")
     for row in rows:
-        value = row[f"best_{spec.metric}"]
+        value = row[f"best_{spec.objective}"]
         ok = row["status"] != "FAILED" and value is not None and math.isfinite(value)
-        params = {k: row[k] for k in distributions if k in row}
+        params = {k: row[k] for k in row[SAMPLED]}  # a conditional key a trial did not sample is no param
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions={k: distributions[k] for k in params},
             value=value if ok else None,
@@ -83,8 +87,8 @@ def write_report(spec: JobSpec, results, ranked: list[RankedTrial], statuses: Ma
     folder.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(spec, results, statuses)
     written = [folder / "trials.csv"]
-    pd.DataFrame(rows).to_csv(written[0], index=False)
-    complete = sum(1 for r in rows if r["status"] != "FAILED" and r[f"best_{spec.metric}"] is not None)
+    pd.DataFrame(rows).drop(columns=SAMPLED, errors="ignore").to_csv(written[0], index=False)
+    complete = sum(1 for r in rows if r["status"] != "FAILED" and r[f"best_{spec.objective}"] is not None)
     if complete >= 2:
         written += _plots(rebuild_study(spec, rows), folder)
     return written

@@ -40,12 +40,13 @@ def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
 
 def trial_config(spec: JobSpec) -> dict[str, Any]:
     """One config of the spec, no search: its constants plus one value per searched knob (the knob's
-    default where the space holds it, else a middle value). An exported spec pins each searched knob
-    to the best trial's value, so this is exactly that trial's config."""
-    from search_spaces import midpoint
+    default where the space holds it, else a middle value; a conditional knob only where its condition
+    holds). An exported spec pins each searched knob to the best trial's value, so this is exactly that
+    trial's config."""
+    from search_spaces import representative
     from trainables.knobs import DEFAULTS
 
-    return {**spec.trial_config(), **{k: midpoint(d, DEFAULTS.get(k)) for k, d in spec.space.items()}}
+    return {**spec.trial_config(), **representative(spec.space, DEFAULTS)}
 
 
 def train_once(spec: JobSpec, *, report) -> None:

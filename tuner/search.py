@@ -1,39 +1,75 @@
-"""Algorithm and scheduler names -> Optuna samplers (inside Ray's OptunaSearch) and Ray schedulers.
+"""The search: algorithm names -> Optuna samplers inside Ray's OptunaSearch, scheduler names -> Ray
+schedulers, and the Optuna study stored in a database of its own.
 
-Closed registries: the spec only admits these names, and adding one is one line here.
+Closed registries: the spec only admits these names, and adding one is one line here. The space is
+always sampled define-by-run (`search_spaces.sample`), which is what makes conditional keys possible.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from typing import Callable
 
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import to_optuna
+from search_spaces import domain_of, sample
 from tuner.spec import JobSpec
 
-SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
-    # Multivariate TPE models the knobs jointly (lr and optimizer, lr and batchnorm interact); the
-    # constant liar keeps trials that run at the same time from being sent to the same spot, which
-    # Optuna recommends for parallel workers (bench/search_quality.py: BENCHMARKS.md section 2).
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+log = logging.getLogger(__name__)
+
+SAMPLERS: dict[str, Callable[[JobSpec], optuna.samplers.BaseSampler]] = {
+    # Multivariate TPE models the knobs jointly (lr and optimizer, lr and batchnorm interact), by groups
+    # of keys sampled together (conditional keys); the constant liar keeps trials that run at the same
+    # time from being sent to the same spot, which Optuna recommends for parallel workers
+    # (bench/search_quality.py: BENCHMARKS.md). Multi-objective TPE is the same sampler.
+    "tpe": lambda spec: optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True, group=True,
+                                                   constant_liar=True),
+    "random": lambda spec: optuna.samplers.RandomSampler(seed=spec.search.seed),
+    "grid": lambda spec: optuna.samplers.GridSampler({k: domain_of(e)[1] for k, e in spec.space.items()},
+                                                     seed=spec.search.seed),
 }
 
 
-def make_searcher(spec: JobSpec) -> OptunaSearch:
-    """Ray's OptunaSearch over the spec's space, with the chosen Optuna sampler.
+class StoredStudySearch(OptunaSearch):
+    """Ray's OptunaSearch, for a study that outlives the driver. After `tuner resume`, Tune may run
+    again a trial whose end the stored study already has (the trial ended after Tune's last snapshot):
+    its results are not told again, and the study keeps the values it had."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.info("trial %s: the stored study already has its end; its re-run is not reported", trial_id)
+
+
+def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str | None = None) -> Searcher:
+    """Ray's OptunaSearch over the spec's space with the chosen Optuna sampler; the study in ``storage``
+    (a database URL) under ``study_name`` when given, where Optuna keeps it up to date as trials end.
 
     Early stopping comes from the Tune scheduler (OptunaSearch always uses Optuna's NopPruner).
+    With ``search.reproducible``, suggestions come in batches of max_concurrent, each batch waiting
+    for the one before (Ray's ConcurrencyLimiter with batch=True): the sampler then sees the same
+    history at every suggestion, whatever order trials end in.
     """
-    return OptunaSearch(
-        space=to_optuna(spec.space),
-        metric=spec.metric,
-        mode=spec.mode,
-        sampler=SAMPLERS[spec.search.algorithm](spec.search.seed),
+    with warnings.catch_warnings():  # TPE's `group` is experimental in Optuna 5: a warning per job otherwise
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = SAMPLERS[spec.search.algorithm](spec)
+    searcher = StoredStudySearch(
+        space=sample(spec.space),
+        metric=spec.metrics if spec.multi_objective else spec.objective,
+        mode=spec.modes if spec.multi_objective else spec.direction,
+        sampler=sampler,
+        points_to_evaluate=[dict(p) for p in spec.search.start_from] or None,
+        storage=optuna.storages.RDBStorage(storage) if storage else None,
+        study_name=study_name,
     )
+    if spec.search.reproducible:
+        return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent, batch=True)
+    return searcher
 
 
 def asha_max_t(spec: JobSpec) -> int | None:
@@ -44,8 +80,8 @@ def asha_max_t(spec: JobSpec) -> int | None:
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
     if spec.scheduler.name == "asha":
         return ASHAScheduler(
-            metric=spec.metric,
-            mode=spec.mode,
+            metric=spec.objective,  # a multi-objective job's first metric
+            mode=spec.direction,
             time_attr="training_iteration",
             max_t=asha_max_t(spec),
             grace_period=spec.scheduler.grace_period,

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces import load_preset, parse_space, preset_names
+from search_spaces import domain_of, load_preset, parse_space, preset_names
 from trainables.factories import FactoryError, import_function, is_reference
 from trainables.knobs import DEFAULTS, MODELS, knob_problem
 from tuner.errors import SpecError, redact
@@ -30,8 +30,10 @@ __all__ = ["JobSpec", "load_spec", "spec_from_mapping", "LOOP_METRICS"]
 MAX_SPEC_BYTES = 1_000_000
 MAX_SPEC_NODES = 10_000  # a spec has tens of values; more means an alias bomb or a mistake
 # What the service's loop reports, by task, and the direction each is optimised in.
-LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_acc": "max"},
-                "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min"}}
+_COSTS = {"num_params": "min", "epoch_time_s": "min"}  # for multi-objective searches: quality against cost
+LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_acc": "max", **_COSTS},
+                "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min", **_COSTS}}
+STUDY_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string match (fullmatch): no trailing newline
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
 MAX_KEY = 250  # MLflow's longest param or metric name
@@ -63,12 +65,37 @@ class DataSpec(_Section):
         return self
 
 
+class WarmStartSpec(_Section):
+    job: str  # an earlier job in the same MLflow store: its finished trials seed the sampler
+
+
 class SearchSpec(_Section):
-    algorithm: Literal["tpe", "random"] = "tpe"  # Optuna TPESampler or RandomSampler
-    num_samples: int = Field(16, ge=1, le=100_000)  # trials in the job
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"  # Optuna's TPESampler, RandomSampler or GridSampler
+    num_samples: int | None = Field(None, ge=1, le=100_000)  # trials in the job; default 16, or the grid's size
     max_concurrent: int = Field(2, ge=1, le=10_000)  # trials running at once
     seed: int = Field(0, ge=0, le=MAX_SEED)  # the sampler's seed
     space: Any = "training_tricks"  # a preset name or an inline mapping (checked by search_spaces)
+    # Configs to run first, whole or partial (the sampler completes them): what you already believe in.
+    start_from: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
+    warm_start: WarmStartSpec | None = None  # continue where an earlier job left off
+    # The same trials, configs and (for deterministic trials on CPU) metrics at any max_concurrent:
+    # suggestions in fixed batches of max_concurrent, each waiting for the one before.
+    reproducible: bool = False
+    # Where the Optuna study lives: null = a SQLite file in the run folder; or a database URL
+    # (postgresql://...) of its own, never MLflow's (both keep an alembic_version table).
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _study_database(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        scheme = url.split(":", 1)[0] if ":" in url else url
+        if scheme not in STUDY_SCHEMES or "://" not in url:
+            raise ValueError(f"must be a database URL: {', '.join(STUDY_SCHEMES)}")
+        if redact(url) != url:
+            raise ValueError("holds a password: give it in the environment (PGPASSWORD, ~/.pgpass) instead")
+        return url
 
 
 class SchedulerSpec(_Section):
@@ -140,8 +167,10 @@ class JobSpec(_Section):
     task: Literal["classification", "regression"] = "classification"
     trainable: str | None = None  # instead of model and data: "module:function", your own Ray Tune loop
     code_dir: str | None = None  # the folder your modules are imported from (default: the spec's folder)
-    metric: str = "val_loss"  # what trials report and the search optimises
-    mode: Literal["min", "max"] = "min"
+    # What trials report and the search optimises; a list (with a list of modes) is a multi-objective
+    # search for the Pareto front, the first metric ranking trials for ASHA, the ensemble and export.
+    metric: str | list[str] = "val_loss"
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
     search: SearchSpec = SearchSpec()
     scheduler: SchedulerSpec = SchedulerSpec()
     trial: TrialSpec = TrialSpec()
@@ -168,6 +197,28 @@ class JobSpec(_Section):
         return any(is_reference(x) for x in (self.trainable, self.model, self.data and self.data.factory))
 
     @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] if isinstance(self.mode, str) else list(self.mode)
+
+    @property
+    def objective(self) -> str:
+        """The first metric: what ranks trials (ASHA, checkpoints, the ensemble, export's default)."""
+        return self.metrics[0]
+
+    @property
+    def direction(self) -> str:
+        """The first metric's mode."""
+        return self.modes[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
     def experiment(self) -> str:
         return self.mlflow.experiment or self.name
 
@@ -179,7 +230,7 @@ class JobSpec(_Section):
     def trial_config(self) -> dict[str, Any]:
         """The constant part of every trial's config (the searcher adds the sampled keys)."""
         if self.service_loop:
-            return {**self.fixed, "epochs": self.trial.epochs, "metric": self.metric, "mode": self.mode}
+            return {**self.fixed, "epochs": self.trial.epochs, "metric": self.objective, "mode": self.direction}
         return dict(self.fixed)
 
     def to_yaml(self) -> str:
@@ -380,9 +431,8 @@ def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
         for key in keys:
             if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
                 raise SpecError(source, section, f"keys are names of 1 to {MAX_KEY} characters (MLflow's limit)", key)
-    if not 1 <= len(spec.metric) <= MAX_KEY - len("best_"):
-        raise SpecError(source, "metric", f"must be 1 to {MAX_KEY - len('best_')} characters", spec.metric)
-    updates: dict[str, Any] = {"search": spec.search.model_copy(update={"space": parsed})}
+    _check_objectives(spec, source)
+    updates: dict[str, Any] = {"search": _check_search(spec, parsed, source)}
     code_dir = (base_dir / spec.code_dir).resolve() if spec.code_dir else base_dir
     if spec.user_code:
         updates["code_dir"] = str(code_dir)
@@ -412,6 +462,62 @@ def _check_semantics(spec: JobSpec, source: str, base_dir: Path) -> JobSpec:
     return spec.model_copy(update=updates)
 
 
+def _check_objectives(spec: JobSpec, source: str) -> None:
+    metrics, modes = spec.metrics, spec.modes
+    if not 1 <= len(metrics) <= 10 or len(set(metrics)) != len(metrics):
+        raise SpecError(source, "metric", "must be a name or a list of 1 to 10 different names", spec.metric)
+    if isinstance(spec.metric, str) != isinstance(spec.mode, str) or len(modes) != len(metrics):
+        raise SpecError(source, "mode", f"must give one mode per metric ({len(metrics)})", spec.mode)
+    for metric in metrics:
+        if not 1 <= len(metric) <= MAX_KEY - len("best_"):
+            raise SpecError(source, "metric", f"must be 1 to {MAX_KEY - len('best_')} characters", metric)
+
+
+def _check_search(spec: JobSpec, space: dict[str, Any], source: str) -> SearchSpec:
+    """The search section against its space: the grid, reproducibility, start_from, the study's database."""
+    search = spec.search
+    num_samples = search.num_samples or 16
+    if search.algorithm == "grid":
+        size = 1
+        for key, entry in space.items():
+            kind, args = domain_of(entry)
+            if kind != "choice" or "when" in entry:
+                raise SpecError(source, f"search.space.{key}", "a grid searches choice keys without a condition "
+                                f"(this one is {kind}{' with when' if 'when' in entry else ''})")
+            size *= len(args)
+        if search.num_samples is not None and search.num_samples > size:
+            raise SpecError(source, "search.num_samples", f"the grid has {size} points", search.num_samples)
+        num_samples = search.num_samples or size
+    if search.reproducible and spec.scheduler.name == "asha":
+        raise SpecError(source, "scheduler.name", "asha stops trials by the order their results arrive, which no "
+                        "run repeats; with search.reproducible use fifo", "asha")
+    for i, point in enumerate(search.start_from):
+        for key, value in point.items():
+            where = f"search.start_from[{i}].{key}"
+            if key not in space:
+                raise SpecError(source, where, f"not a searched key; searched: {', '.join(space)}")
+            if not _in_domain(value, domain_of(space[key])):
+                kind, args = domain_of(space[key])
+                raise SpecError(source, where, f"outside the space ({kind} {args})", value)
+    if search.storage is not None and spec.mlflow.tracking_uri is not None and \
+            search.storage.split("?")[0] == spec.mlflow.tracking_uri.split("?")[0]:
+        raise SpecError(source, "search.storage", "is MLflow's database; give the study a database of its own "
+                        "(both keep an alembic_version table)", search.storage)
+    if search.warm_start is not None and not NAME_PATTERN.fullmatch(search.warm_start.job):
+        raise SpecError(source, "search.warm_start.job", "not a job name", search.warm_start.job)
+    return search.model_copy(update={"space": space, "num_samples": num_samples})
+
+
+def _in_domain(value: Any, domain: tuple[str, list]) -> bool:
+    kind, args = domain
+    if kind == "choice":
+        return any(type(value) is type(c) and value == c for c in args)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in ("randint", "lograndint") and not isinstance(value, int):
+        return False
+    return number and args[0] <= value <= args[1]
+
+
 def _check_trainable(spec: JobSpec, source: str, code_dir: Path) -> None:
     """A user's own Ray Tune loop: no model or data of ours, an importable function."""
     if spec.trainable in MODELS:
@@ -435,11 +541,11 @@ def _check_knobs(spec: JobSpec, space: Mapping[str, Mapping[str, list]], source:
     """Knob values against their rules. With only built-ins (mlp/cnn on built-in data), a key that is no
     knob is a typo; with your own model or data, it is passed in ``config`` to your factories."""
     metrics = LOOP_METRICS[spec.task]
-    if spec.metric not in metrics:
-        raise SpecError(source, "metric", f"the training loop reports {', '.join(metrics)} for {spec.task}",
-                        spec.metric)
-    if metrics[spec.metric] != spec.mode:
-        raise SpecError(source, "mode", f"{spec.metric} is to be {metrics[spec.metric]}imised", spec.mode)
+    for metric, mode in zip(spec.metrics, spec.modes):
+        if metric not in metrics:
+            raise SpecError(source, "metric", f"the training loop reports {', '.join(metrics)} for {spec.task}", metric)
+        if metrics[metric] != mode:
+            raise SpecError(source, "mode", f"{metric} is to be {metrics[metric]}imised", mode)
     knobs = [k for k in DEFAULTS if k != "epochs"]
     for section, keys in (("fixed", spec.fixed), ("search.space", space)):
         for key in keys:
@@ -455,7 +561,7 @@ def _check_knobs(spec: JobSpec, space: Mapping[str, Mapping[str, list]], source:
     for key, domain in space.items():
         if key in spec.fixed:
             raise SpecError(source, f"search.space.{key}", "is also in fixed; a knob is either searched or fixed")
-        (kind, args), = domain.items()
+        kind, args = domain_of(domain)
         for value in args:
             if (problem := knob_problem(key, value)) is not None:
                 raise SpecError(source, f"search.space.{key}.{kind}", problem, value)

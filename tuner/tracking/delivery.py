@@ -10,6 +10,7 @@ dropped with a warning; outages raise, and the journal keeps the events. `sync` 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -43,6 +44,12 @@ def _artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens a new experiment in its GenAI view (traces, prompts) unless this tag says it
+# holds model training; the tag is the UI's own switch.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+VIEW_TAG = "mlflow.sharedViewState."  # + a key: a saved runs-table view the UI opens by that key
+
+
 def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, params: Mapping[str, Any],
                      spec_yaml: str, tags: Mapping[str, str]) -> tuple[str, str]:
     """Create the job's parent run with the spec as params and artifact; return (experiment_id, run_id)."""
@@ -51,7 +58,10 @@ def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, param
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location=_artifact_root(tracking_uri))
+        experiment, artifact_location=_artifact_root(tracking_uri), tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if found is not None and found.tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
     params, renamed = legal_names(params)
     run = client.create_run(experiment_id, run_name=job_name, tags={JOB_TAG: job_name, **tags, **renamed})
     items = [Param(k, _param_value(v)) for k, v in params.items()]
@@ -60,6 +70,17 @@ def start_parent_run(*, tracking_uri: str, experiment: str, job_name: str, param
     client.log_text(run.info.run_id, spec_yaml, "spec.yaml")
     client.log_batch(run.info.run_id, tags=[RunTag("tuner.status", "RUNNING")])
     return experiment_id, run.info.run_id
+
+
+def share_trials_view(tracking_uri: str, experiment_id: str, parent_run_id: str, *, metrics: list[str],
+                      modes: list[str], params: list[str]) -> str:
+    """Save a runs-table view of the job's trials (its child runs, the metrics and searched params as
+    columns, sorted by the first metric) and return the UI's URL fragment that opens it."""
+    view = {"searchFilter": f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            "orderByKey": f"metrics.`{metrics[0]}`", "orderByAsc": modes[0] == "min",
+            "selectedColumns": [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]}
+    _client(tracking_uri).set_experiment_tag(experiment_id, VIEW_TAG + parent_run_id, json.dumps(view))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={parent_run_id}&workflowType=machine_learning"
 
 
 @contextlib.contextmanager
