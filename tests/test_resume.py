@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
@@ -29,6 +30,11 @@ def _ops(events_file: Path) -> list[str]:
         except json.JSONDecodeError:
             break  # a line being written
     return ops
+
+
+def _study(folder: Path) -> tuple[str, str]:
+    state = json.loads((folder / "job.json").read_text())
+    return state["study_storage"], state["study_name"]
 
 
 def _ended(events_file: Path) -> int:
@@ -75,6 +81,9 @@ def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path, momen
     ended_before = _ended(events)
     assert ended_before < NUM_SAMPLES
     folder = events.parent.parent
+    storage, study_name = _study(folder)
+    told_before = {t.number: t.value for t in optuna.load_study(study_name=study_name, storage=storage).trials
+                   if t.state == optuna.trial.TrialState.COMPLETE}
 
     resumed = subprocess.run([*cli, "resume", str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=240, start_new_session=True)
@@ -103,3 +112,10 @@ def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path, momen
     deleted = client.search_runs([state["experiment_id"]], run_view_type=ViewType.DELETED_ONLY,
                                  filter_string=f"tags.`{PARENT_TAG}` = '{state['parent_run_id']}'")
     assert {r.data.tags["tuner.trial_id"] for r in deleted} <= forgotten
+    # The search went on from the stored study: what it was told before the crash is still there, and
+    # each of the job's trials was told once (a re-run of a trial it already had is not told again; a
+    # trial Tune forgot may have been told before the crash, a real evaluation the sampler keeps).
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    complete = {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert all(complete.get(n) == value for n, value in told_before.items())
+    assert NUM_SAMPLES <= len(complete) <= NUM_SAMPLES + len(forgotten)

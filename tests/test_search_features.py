@@ -15,6 +15,7 @@ from tests.conftest import children, small_spec
 from tuner.errors import NotFoundError
 from tuner.export import best_spec
 from tuner.run import run_job
+from tuner.spec import spec_from_mapping
 from tuner.study import stored_study
 
 pytestmark = pytest.mark.slow
@@ -109,7 +110,8 @@ def test_grid_runs_each_point_once_and_sizes_the_job(ray_session, tmp_path: Path
 
 def _trials(result) -> list[tuple]:
     _, _, runs = children(result.tracking_uri, result.parent_run_id)
-    params = sorted((r.info.run_name, json.dumps(r.data.params, sort_keys=True), r.data.metrics["val_loss"])
+    metric = "val_loss" if "val_loss" in runs[0].data.metrics else "score"
+    params = sorted((r.info.run_name, json.dumps(r.data.params, sort_keys=True), r.data.metrics[metric])
                     for r in runs)
     return params
 
@@ -121,6 +123,19 @@ def test_reproducible_search_repeats_configs_and_metrics_at_two_at_a_time(ray_se
         "space": {"lr": {"loguniform": [0.001, 0.3]}, "batch_size": {"randint": [16, 128]}}})
     first, second = (run_job(spec, output_root=tmp_path / f"out{i}") for i in (1, 2))
     assert _trials(first) == _trials(second) and len(_trials(first)) == 12
+
+
+def test_trials_ending_in_a_random_order_get_the_same_suggestions_when_reproducible(ray_session, tmp_path: Path):
+    from tests.conftest import DATA
+
+    spec = spec_from_mapping({
+        "name": "order", "trainable": "toy_trainable:train", "code_dir": str(DATA / "user_trainables"),
+        "metric": "score", "mode": "min", "fixed": {"epochs": 1, "sleep": 0.02, "jitter": 0.25},
+        "search": {"algorithm": "tpe", "num_samples": 16, "max_concurrent": 3, "seed": 1,
+                   "reproducible": True, "space": {"x": {"uniform": [0, 1]}}},
+        "ensemble": {"top_k": 0}})
+    runs = [_trials(run_job(spec, output_root=tmp_path / f"out{i}")) for i in (1, 2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 16
 
 
 def test_the_experiment_opens_in_the_model_training_view_with_the_trials_table(ray_session, tmp_path: Path):

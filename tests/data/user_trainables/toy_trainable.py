@@ -1,5 +1,6 @@
 """A user's own Ray Tune function trainable, written as in Ray Tune's docs (not part of the project)."""
 
+import random
 import time
 
 from ray import tune
@@ -14,5 +15,6 @@ def train(config):
 
         torch.empty(2**45, dtype=torch.uint8)  # 32 TiB: the allocator refuses, as a real OOM does
     for epoch in range(config.get("epochs", 6)):
-        time.sleep(config.get("sleep", 0.0))
+        # jitter: a random extra wait (the OS's randomness, not a seeded one), so trials end in another order each run
+        time.sleep(config.get("sleep", 0.0) + random.SystemRandom().uniform(0, config.get("jitter", 0.0)))
         tune.report({"score": (x - 0.3) ** 2 + 1.0 / (epoch + 1), "epoch": epoch + 1})
