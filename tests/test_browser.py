@@ -50,3 +50,56 @@ def test_headless_chromium_finds_the_parent_run_and_its_child_runs(finished_job,
     finally:
         driver.quit()
     assert names == sorted(result.statuses) == ["trial-001", "trial-002", "trial-003"]
+
+
+@pytest.fixture(scope="module")
+def dashboard(finished_job):
+    import subprocess
+    import sys
+
+    from screenshot import wait_for_http
+
+    root, _ = finished_job
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tuner.cli", "dashboard", "ui-job", "--output-dir", str(root),
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               start_new_session=True)
+    try:
+        first_line = process.stdout.readline().strip()
+        wait_for_http(f"http://127.0.0.1:{port}/api/studies", process, what="tuner dashboard")
+        yield f"http://127.0.0.1:{port}", first_line
+    finally:
+        stop(process)
+
+
+def test_tuner_dashboard_serves_the_jobs_stored_study(finished_job, dashboard):
+    import json
+    import urllib.request
+
+    _, result = finished_job
+    url, first_line = dashboard
+    state = json.loads((result.run_folder / "job.json").read_text())
+    assert first_line == f"optuna-dashboard for study {state['study_name']}: {url}/dashboard/studies"
+    with urllib.request.urlopen(f"{url}/api/studies", timeout=10) as answer:
+        (summary,) = json.load(answer)["study_summaries"]
+    assert summary["study_name"] == state["study_name"] and summary["directions"] == ["minimize"]
+    with urllib.request.urlopen(f"{url}/api/studies/{summary['study_id']}", timeout=10) as answer:
+        trials = json.load(answer)["trials"]
+    assert len(trials) == 3 and all(t["state"] == "Complete" for t in trials)
+
+
+def test_headless_chromium_finds_the_jobs_trials_in_the_dashboard(finished_job, dashboard):
+    if reason := missing_browser():
+        pytest.skip(reason)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = dashboard
+    driver = browser()
+    try:
+        driver.get(f"{url}/dashboard/studies/1/trials")
+        WebDriverWait(driver, 60).until(lambda d: "3 Trials" in d.find_element(By.TAG_NAME, "body").text)
+        text = driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        driver.quit()
+    assert all(f"Trial {n}" in text for n in range(3)) and text.count("Complete") >= 3
