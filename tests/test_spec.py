@@ -153,8 +153,8 @@ _RULES = {
     ("task",): lambda v: v in ("classification", "regression"),
     ("mode",): lambda v: v == "min",  # the example optimises val_loss
     ("metric",): lambda v: v in ("val_loss", "train_loss"),  # the metrics minimised for classification
-    ("search", "algorithm"): lambda v: v in ("tpe", "random"),
-    ("search", "num_samples"): lambda v: _integer(v) and 1 <= v <= 100_000,
+    ("search", "algorithm"): lambda v: v in ("tpe", "random"),  # grid: the example searches floats
+    ("search", "num_samples"): lambda v: v is None or (_integer(v) and 1 <= v <= 100_000),  # None: the default
     ("search", "max_concurrent"): lambda v: _integer(v) and 1 <= v <= 10_000,
     ("search", "seed"): lambda v: _integer(v) and 0 <= v < 2**32,
     ("trial", "epochs"): lambda v: _integer(v) and 1 <= v <= 100_000,
