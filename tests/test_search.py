@@ -81,3 +81,14 @@ def test_grid_walks_every_point_once():
     searcher = make_searcher(spec)
     points = {(c["optimizer"], c["batchnorm"]) for c in (searcher.suggest(f"t{i}") for i in range(6))}
     assert len(points) == 6
+
+
+def test_a_gpu_hours_budget_stops_suggestions_once_ended_trials_used_it():
+    spec = _spec(search={"algorithm": "random", "budget": {"gpu_hours": 1.0}},
+                 trial={"resources": {"cpu": 1, "gpu": 0.5}})
+    searcher = make_searcher(spec)
+    assert isinstance(searcher.suggest("a"), dict) and isinstance(searcher.suggest("b"), dict)
+    searcher.on_trial_complete("a", {"val_loss": 0.5, "time_total_s": 3600.0})  # 0.5 GPU-hours
+    assert isinstance(searcher.suggest("c"), dict) and searcher.spent() is None
+    searcher.on_trial_complete("b", {"val_loss": 0.4, "time_total_s": 3600.0})  # 1.0 GPU-hours: spent
+    assert searcher.suggest("d") == searcher.FINISHED and searcher.spent() == "gpu_hours 1"

@@ -146,3 +146,24 @@ def test_the_experiment_opens_in_the_model_training_view_with_the_trials_table(r
     assert view["searchFilter"] == f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"
     assert view["orderByKey"] == "metrics.`val_loss`" and "params.`lr`" in view["selectedColumns"]
     assert result.view.endswith(f"viewStateShareKey={result.parent_run_id}&workflowType=machine_learning")
+
+
+def test_cost_is_counted_and_a_wall_budget_stops_new_trials(ray_session, tmp_path: Path):
+    from tests.conftest import DATA
+
+    spec = spec_from_mapping({
+        "name": "budget", "trainable": "toy_trainable:train", "code_dir": str(DATA / "user_trainables"),
+        "metric": "score", "mode": "min", "fixed": {"epochs": 2, "sleep": 0.4},
+        "search": {"algorithm": "random", "num_samples": 40, "max_concurrent": 2,
+                   "space": {"x": {"uniform": [0, 1]}}, "budget": {"wall_s": 4}},
+        "trial": {"resources": {"cpu": 0.5}}, "ensemble": {"top_k": 0}})
+    result = run_job(spec, output_root=tmp_path / "out")
+    _, parent, runs = children(result.tracking_uri, result.parent_run_id)
+    assert 2 <= len(runs) < 40 and parent.data.tags["tuner.budget"].startswith("spent: wall_s 4;")
+    assert result.budget_spent == parent.data.tags["tuner.budget"]
+    for run in runs:  # each trial's cost: its training wall time, times the CPUs it held
+        assert run.data.metrics["trial_wall_s"] >= 0.8
+        assert run.data.metrics["cpu_s"] == pytest.approx(run.data.metrics["trial_wall_s"] * 0.5)
+        assert run.data.metrics["gpu_s"] == 0
+    total = sum(r.data.metrics["trial_wall_s"] for r in runs) / 3600
+    assert parent.data.metrics["trial_hours"] == pytest.approx(total) and parent.data.metrics["gpu_hours"] == 0

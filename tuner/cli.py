@@ -203,6 +203,12 @@ def _print_result(result: Any, job: Any) -> None:
         score = "acc" if e["task"] == "classification" else "rmse"
         out.print(f"ensemble of {len(e['members'])}: test {score} {e[f'ensemble_test_{score}']:.4f} "
                   f"(best single {e[f'best_single_test_{score}']:.4f}); model {where}")
+    if result.cost:
+        c = result.cost
+        out.print(f"cost: {c['trial_hours']:.3g} trial-hours, {c['cpu_hours']:.3g} CPU-hours, "
+                  f"{c['gpu_hours']:.3g} GPU-hours")
+    if result.budget_spent:
+        out.print(f"search.budget {result.budget_spent}: no new trial started after that")
     where = redact(result.tracking_uri)
     out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))

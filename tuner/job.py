@@ -43,6 +43,8 @@ class JobResult:
     top: list[RankedTrial] = field(default_factory=list)  # best trials first
     pareto_front: list[str] = field(default_factory=list)  # a multi-objective job's front, best first metric first
     view: str = ""  # the MLflow UI's URL fragment of the trials table
+    cost: dict[str, float] = field(default_factory=dict)  # trial_hours, cpu_hours, gpu_hours of the ended trials
+    budget_spent: str | None = None  # what of search.budget stopped new trials, if it did
     undelivered: int = 0
     stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
 
@@ -105,7 +107,8 @@ class Job:
                 seed_study(self.spec, *self.study, self.warm_start)
             made = factories(self.spec)
             callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.objective,
-                                        mode=self.spec.direction, max_t=_max_t(self.spec))
+                                        mode=self.spec.direction, max_t=_max_t(self.spec),
+                                        resources=self.spec.trial.resources.model_dump())
             with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
                 results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made, study=self.study,
                                      verbose=verbose).fit()
@@ -150,9 +153,14 @@ class Job:
         counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
         final = "KILLED" if stopped else "FINISHED" if result.succeeded else "FAILED"
         tags = {"tuner.status": final}
+        result.cost = job_cost(tracker.journal.events)
+        result.budget_spent = _budget_spent(spec, result, stopped)
+        if result.budget_spent:
+            tags["tuner.budget"] = result.budget_spent
         if result.best_trial:
             tags.update(best_trial=result.best_trial, best_config=json.dumps(result.best_config, default=str))
-        tracker.emit("parent", metrics={f"trials_{k.lower()}": v for k, v in counts.items()}, tags=tags)
+        tracker.emit("parent", metrics={**{f"trials_{k.lower()}": v for k, v in counts.items()}, **result.cost},
+                     tags=tags)
         tracker.emit("parent_end", status=final)
         result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
         self.folder.write_state(status=final.lower(), best_trial=result.best_trial, undelivered=result.undelivered)
@@ -237,6 +245,32 @@ class Job:
         except UserError as exc:
             note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
         return note
+
+
+def job_cost(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Trial-hours, CPU-hours and GPU-hours of the trials the journal saw end (forgotten ones aside)."""
+    ends = {e["trial"]: e.get("metrics", {}) for e in events if e["op"] == "trial_end"}
+    for event in events:
+        if event["op"] == "trial_forget":
+            ends.pop(event["trial"], None)
+    return {f"{name}_hours": sum(m.get(key, 0.0) for m in ends.values()) / 3600
+            for name, key in (("trial", "trial_wall_s"), ("cpu", "cpu_s"), ("gpu", "gpu_s"))}
+
+
+def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool) -> str | None:
+    """Why fewer trials than num_samples ran, when search.budget is why."""
+    budget = spec.search.budget
+    if stopped or (budget.wall_s is None and budget.gpu_hours is None):
+        return None
+    ran = len(result.statuses)
+    if ran >= (spec.search.num_samples or 0):
+        return None
+    what = []
+    if budget.wall_s is not None:
+        what.append(f"wall_s {budget.wall_s:g}")
+    if budget.gpu_hours is not None:
+        what.append(f"gpu_hours {budget.gpu_hours:g} ({result.cost['gpu_hours']:.3g} used)")
+    return f"spent: {' or '.join(what)}; {ran} of {spec.search.num_samples} trials started"
 
 
 def _max_t(spec: JobSpec) -> int | None:

@@ -8,6 +8,7 @@ always sampled define-by-run (`search_spaces.sample`), which is what makes condi
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import Callable
 
@@ -35,9 +36,41 @@ SAMPLERS: dict[str, Callable[[JobSpec], optuna.samplers.BaseSampler]] = {
 
 
 class StoredStudySearch(OptunaSearch):
-    """Ray's OptunaSearch, for a study that outlives the driver. After `tuner resume`, Tune may run
-    again a trial whose end the stored study already has (the trial ended after Tune's last snapshot):
-    its results are not told again, and the study keeps the values it had."""
+    """Ray's OptunaSearch, for a study that outlives the driver, with the job's budget.
+
+    After `tuner resume`, Tune may run again a trial whose end the stored study already has (the trial
+    ended after Tune's last snapshot): its results are not told again, and the study keeps the values
+    it had. With ``search.budget``, no trial is suggested once the search has run ``wall_s`` seconds
+    or its ended trials have used ``gpu_hours`` (their ``time_total_s`` times the trial's GPUs):
+    Tune then starts no new trial and lets the running ones finish.
+    """
+
+    def __init__(self, *args, budget: dict | None = None, gpus_per_trial: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.budget = {k: v for k, v in (budget or {}).items() if v is not None}
+        self.gpus_per_trial = gpus_per_trial
+        self.started_at: float | None = None  # wall clock (time.time): a resumed search counts from its start
+        self.gpu_s = 0.0
+
+    def spent(self) -> str | None:
+        """What of the budget is spent, or None."""
+        if "wall_s" in self.budget and self.started_at is not None and \
+                time.time() - self.started_at >= self.budget["wall_s"]:
+            return f"wall_s {self.budget['wall_s']:g}"
+        if "gpu_hours" in self.budget and self.gpu_s / 3600 >= self.budget["gpu_hours"]:
+            return f"gpu_hours {self.budget['gpu_hours']:g}"
+        return None
+
+    def suggest(self, trial_id: str):
+        if self.started_at is None:
+            self.started_at = time.time()
+        if self.spent():
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.gpu_s += float((result or {}).get("time_total_s") or 0.0) * self.gpus_per_trial
+        super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         try:
@@ -66,6 +99,8 @@ def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str 
         points_to_evaluate=[dict(p) for p in spec.search.start_from] or None,
         storage=optuna.storages.RDBStorage(storage) if storage else None,
         study_name=study_name,
+        budget=spec.search.budget.model_dump(),
+        gpus_per_trial=spec.trial.resources.gpu,
     )
     if spec.search.reproducible:
         return ConcurrencyLimiter(searcher, max_concurrent=spec.search.max_concurrent, batch=True)

@@ -69,6 +69,11 @@ class WarmStartSpec(_Section):
     job: str  # an earlier job in the same MLflow store: its finished trials seed the sampler
 
 
+class BudgetSpec(_Section):
+    wall_s: float | None = Field(None, gt=0)  # no new trial starts once the search has run this long
+    gpu_hours: float | None = Field(None, gt=0)  # ... or once its ended trials have used this many GPU-hours
+
+
 class SearchSpec(_Section):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"  # Optuna's TPESampler, RandomSampler or GridSampler
     num_samples: int | None = Field(None, ge=1, le=100_000)  # trials in the job; default 16, or the grid's size
@@ -84,6 +89,8 @@ class SearchSpec(_Section):
     # Where the Optuna study lives: null = a SQLite file in the run folder; or a database URL
     # (postgresql://...) of its own, never MLflow's (both keep an alembic_version table).
     storage: str | None = None
+    # Stop starting new trials once spent (running ones finish); the job says so.
+    budget: BudgetSpec = BudgetSpec()
 
     @field_validator("storage")
     @classmethod

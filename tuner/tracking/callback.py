@@ -40,9 +40,11 @@ class TrackingCallback(Callback):
     """Ray Tune callback: trial events -> journal. Picklable (Tune saves it with the experiment); the
     journal's writer is found by the run folder (`writer_for`) when Tune sets the callback up."""
 
-    def __init__(self, *, folder: Path, metric: str, mode: str, max_t: int | None = None) -> None:
+    def __init__(self, *, folder: Path, metric: str, mode: str, max_t: int | None = None,
+                 resources: dict[str, float] | None = None) -> None:
         self.folder = Path(folder)
         self.metric, self.mode, self.max_t = metric, mode, max_t
+        self.resources = dict(resources or {"cpu": 1.0, "gpu": 0.0})  # a trial's, for its cost
         self._reset()
 
     def _reset(self) -> None:
@@ -56,7 +58,8 @@ class TrackingCallback(Callback):
         self.squared = False  # whether the journal was squared with Tune's restored trials
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "metric": self.metric, "mode": self.mode, "max_t": self.max_t}
+        return {"folder": self.folder, "metric": self.metric, "mode": self.mode, "max_t": self.max_t,
+                "resources": self.resources}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -73,6 +76,12 @@ class TrackingCallback(Callback):
 
     def _emit(self, op: str, **fields: Any) -> None:
         self.tracker.emit(op, **fields)  # type: ignore[union-attr]  # set up by Tune before any event
+
+    def _cost(self, trial) -> dict[str, float]:
+        """What a trial used: its training wall seconds (Ray's time_total_s, restarts included) and
+        resource-seconds (times the CPUs and GPUs it held)."""
+        wall = float((trial.last_result or {}).get("time_total_s") or 0.0)
+        return {"trial_wall_s": wall, "cpu_s": wall * self.resources["cpu"], "gpu_s": wall * self.resources["gpu"]}
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self.squared:
@@ -113,7 +122,8 @@ class TrackingCallback(Callback):
             return
         finished = trial.trial_id not in self.stopped
         end = TrialEnd(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
-                       tags={"tuner.end": "finished" if finished else "stopped early by the scheduler"})
+                       tags={"tuner.end": "finished" if finished else "stopped early by the scheduler"},
+                       metrics=self._cost(trial))
         self._emit(**end.event())
         value = (trial.last_result or {}).get(self.metric)
         if improves(value, self.best, self.mode):
@@ -133,7 +143,7 @@ class TrackingCallback(Callback):
         diverged = "Diverged" in message
         end = TrialEnd(trial=trial.trial_id, status="FAILED", traceback=trace,
                        tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                       metrics={"diverged": 1} if diverged else {})
+                       metrics={**self._cost(trial), **({"diverged": 1} if diverged else {})})
         self._emit(**end.event())
 
 
