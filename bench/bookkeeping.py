@@ -47,14 +47,17 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
             latencies.append(time.perf_counter() - start)
 
     OptunaSearch.suggest = timed
-    default_period = os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
+    default_period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")  # the job's own setting yields to a set one
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period
     try:
         with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp, Timer() as t:
             result = run_job(_spec(trials), output_root=Path(tmp))
     finally:
         OptunaSearch.suggest = suggest
-        os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
+        if default_period is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S")
+        else:
+            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
     done = [s for s in latencies if s > 0]
     return {"trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
             "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,

@@ -148,8 +148,8 @@ def _parse_domain(value: Any, *, source: str, field: str) -> dict[str, list]:
         for choice in args:
             if not isinstance(choice, _SCALAR):
                 raise SpecError(source, f"{field}.choice", "choices must be null, booleans, numbers or strings", choice)
-        if len({(type(c), c) for c in args}) != len(args):
-            raise SpecError(source, f"{field}.choice", "choices must be distinct", args)
+        if any(a == b for i, a in enumerate(args) for b in args[i + 1:]):  # 1, 1.0 and true are one to Optuna
+            raise SpecError(source, f"{field}.choice", "choices must be distinct (1, 1.0 and true count as one)", args)
         return {"choice": list(args)}
     if len(args) != 2:
         raise SpecError(source, f"{field}.{domain}", "must be [low, high]", args)

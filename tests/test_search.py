@@ -92,3 +92,17 @@ def test_a_gpu_hours_budget_stops_suggestions_once_ended_trials_used_it():
     assert isinstance(searcher.suggest("c"), dict) and searcher.spent() is None
     searcher.on_trial_complete("b", {"val_loss": 0.4, "time_total_s": 3600.0})  # 1.0 GPU-hours: spent
     assert searcher.suggest("d") == searcher.FINISHED and searcher.spent() == "gpu_hours 1"
+
+
+def test_a_wall_budget_counts_the_time_the_search_ran_not_the_time_it_was_down():
+    import os
+    import pickle
+
+    searcher = make_searcher(_spec(search={"algorithm": "random", "budget": {"wall_s": 100.0}}))
+    assert isinstance(searcher.suggest("a"), dict)
+    searcher.ran_s = 90.0  # as a snapshot would hold it after 90 s of search
+    searcher.clock = (os.getpid() + 1, 0.0, 90.0)  # taken in another process: the driver that crashed
+    restored = pickle.loads(pickle.dumps(searcher))
+    assert isinstance(restored.suggest("b"), dict) and 90.0 <= restored.ran_s < 91.0
+    restored.clock = (os.getpid(), restored.clock[1] - 10.0, 90.0)  # 10 s later in this process
+    assert restored.suggest("c") == restored.FINISHED and restored.spent() == "wall_s 100"

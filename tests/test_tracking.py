@@ -145,3 +145,26 @@ def test_a_forgotten_trials_run_is_deleted_and_one_never_delivered_is_never_made
     assert client.search_runs([experiment_id], filter_string=flt) == []
     deleted = client.search_runs([experiment_id], filter_string=flt, run_view_type=ViewType.DELETED_ONLY)
     assert [(r.info.run_name, r.data.tags["tuner.end"]) for r in deleted] == [("trial-003", "forgotten")]
+
+
+def test_a_callback_pickled_by_an_older_layout_comes_back_and_the_best_so_far_goes_on(tmp_path: Path):
+    from tuner.tracking import TrackingCallback, open_writer
+
+    folder = tmp_path / "tracking"
+    journal = Journal(folder)
+    journal.append({"op": "parent", "time": 1, "step": 1, "metrics": {"best_score": 0.2}, "tags": {}})
+    journal.close()
+    old = TrackingCallback.__new__(TrackingCallback)
+    old.__setstate__({"settings": {"folder": folder, "tracking_uri": "x"}, "metric": "score", "mode": "min",
+                      "max_t": None})
+    assert old.folder == folder and old.resources == {"cpu": 1.0, "gpu": 0.0}
+    tracker = open_writer(folder, tracking_uri=_dead_server(), experiment_id="1", parent_run_id="p")
+    old.setup()
+    assert old.best == 0.2  # a trial ending at 0.3 after a resume is no new best
+    worse = FakeTrial("w", 1)
+    worse.last_result = {"score": 0.3, "time_total_s": 2.0}
+    old.on_trial_complete(0, [worse], worse)
+    tracker.close(timeout_s=0)
+    events = Journal(folder).events
+    assert [e["op"] for e in events] == ["parent", "trial_end"]
+    assert events[1]["metrics"] == {"trial_wall_s": 2.0, "cpu_s": 2.0, "gpu_s": 0.0}

@@ -42,7 +42,7 @@ class Knobs(BaseModel):
     batch_size: int = Field(64, ge=1, description="an integer >= 1")
     lr: float = Field(0.01, ge=0, description="a number >= 0")  # initial learning rate
     optimizer: Optimizer = Field("adam", description=_one_of(OPTIMIZERS))  # momentum/nesterov: SGD with `momentum`
-    momentum: float = Field(0.9, ge=0, lt=1, description="a number in [0, 1)")  # also rmsprop's momentum
+    momentum: float = Field(0.9, ge=0, lt=1, description="a number in [0, 1)")  # momentum and nesterov's gamma
     weight_decay: float = Field(0.0, ge=0, description="a number >= 0")  # L2 penalty through the optimizer
     init: Init = Field("keep", description=_one_of(INIT_CHOICES))  # keep the model's own, or re-init every Linear/Conv
     batchnorm: bool = Field(False, description="true or false")  # factories: BatchNorm after each linear/conv

@@ -54,9 +54,9 @@ def trainable(spec: JobSpec, made: Factories | None) -> Callable:
 
 
 def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factories | None, *,
-               study: tuple[str, str] | None = None, verbose: bool = False):
+               searcher=None, verbose: bool = False):
     """The `ray.tune.Tuner` of a job (the job adds the tracking callback; bench/ measures without it).
-    ``study``: (storage URL, study name) of the Optuna study the searcher keeps."""
+    ``searcher``: the job's (`tuner.search.make_searcher`); default: one with its study in memory."""
     from ray import tune
 
     from tuner.search import make_scheduler, make_searcher
@@ -66,10 +66,11 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
         trainable(spec, made),
         param_space=spec.trial_config(),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, storage=study and study[0], study_name=study and study[1]),
+            search_alg=searcher or make_searcher(spec),
             scheduler=make_scheduler(spec),
             num_samples=spec.search.num_samples,
-            max_concurrent_trials=spec.search.max_concurrent,
+            # Reproducible batches come from the searcher's ConcurrencyLimiter; a second limit would warn.
+            max_concurrent_trials=None if spec.search.reproducible else spec.search.max_concurrent,
             reuse_actors=True,
             trial_dirname_creator=trial_name,
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import traceback
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ from typing import Any, Iterator
 from tuner.engine import Factories, factories, make_tuner, ray_session, restore_tuner, stop_on_sigterm
 from tuner.errors import NotFoundError, UserError, describe, redact, tracking_errors
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
+from tuner.search import make_searcher
 from tuner.spec import JobSpec, load_spec
-from tuner.study import earlier_trials, pareto_front, seed_study, study_ref
+from tuner.study import close_unfinished, earlier_trials, pareto_front, seed_study, study_ref
 from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, open_writer,
                             share_trials_view, start_parent_run, trial_statuses)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Job:
         self.study = study_ref(spec, folder)  # (storage URL, name) of the Optuna study
         self.warm_start: list = []  # an earlier job's trials, for the study before the search starts
         self.view = ""  # the MLflow UI's URL fragment of the job's trials table
+        self.searcher = None  # the searcher this process made (a resumed job's is Tune's restored one)
 
     @classmethod
     def new(cls, spec: JobSpec, output_root: Path) -> Job:
@@ -110,8 +115,9 @@ class Job:
                                         mode=self.spec.direction, max_t=_max_t(self.spec),
                                         resources=self.spec.trial.resources.model_dump())
             with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
-                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made, study=self.study,
-                                     verbose=verbose).fit()
+                self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
+                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
+                                     searcher=self.searcher, verbose=verbose).fit()
             return self.finish(results, made, stopped=stopped.is_set())
 
     def resume(self, *, verbose: bool = False) -> JobResult:
@@ -132,6 +138,8 @@ class Job:
         assert tracker is not None and self.parent_run_id is not None  # opened by fit/resume
         ranked = rank_trials(results, metric=spec.objective, mode=spec.direction)
         statuses = trial_statuses(tracker, results, stopped=stopped)
+        if not stopped:
+            close_unfinished(*self.study)  # trials Tune forgot after a crash: FAIL, not RUNNING for ever
         result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
                            experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
                            statuses=statuses, top=ranked[:5], stopped=stopped, view=self.view)
@@ -148,13 +156,17 @@ class Job:
             result.pareto_front, front_files = pareto_front(spec, results, self.folder.report)
             written += front_files
             tracker.emit("parent", tags={"pareto_front": ",".join(result.pareto_front)[:5000]})
+            # Export's default: the front's member best on the first metric (by the values the sampler got).
+            best = next((r for r in ranked if result.pareto_front and r.trial == result.pareto_front[0]), None)
+            if best is not None:
+                result.best_trial, result.best_value, result.best_config = best.trial, best.value, best.config
         for path in written:
             tracker.emit("artifact", path=str(path), artifact_path="report")
         counts = {s: sum(1 for v in statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
         final = "KILLED" if stopped else "FINISHED" if result.succeeded else "FAILED"
         tags = {"tuner.status": final}
         result.cost = job_cost(tracker.journal.events)
-        result.budget_spent = _budget_spent(spec, result, stopped)
+        result.budget_spent = _budget_spent(spec, result, stopped, self.searcher)
         if result.budget_spent:
             tags["tuner.budget"] = result.budget_spent
         if result.best_trial:
@@ -181,11 +193,14 @@ class Job:
                     spec_yaml=self.folder.spec.read_text(), params=_spec_params(spec),
                     tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
                           "tuner.study": self.study[1], **check_tags})
-                self.view = share_trials_view(self.tracking_uri, self.experiment_id, self.parent_run_id,
-                                              metrics=spec.metrics, modes=spec.modes, params=list(spec.space))
         except BaseException:
             shutil.rmtree(self.folder.path, ignore_errors=True)  # nothing started: leave nothing behind
             raise
+        try:  # a convenience: a store that refuses the tag still runs the job, with a warning
+            self.view = share_trials_view(self.tracking_uri, self.experiment_id, self.parent_run_id,
+                                          metrics=spec.metrics, modes=spec.modes, params=list(spec.space))
+        except Exception as exc:  # noqa: BLE001 - told as a warning; the summary links the parent run instead
+            log.warning("the MLflow UI's trials view was not saved (%s)", describe(exc))
 
     def _open_tracking(self) -> None:
         """The journal's writer gets the store's URI as given; job.json and Tune's pickle only its
@@ -257,20 +272,17 @@ def job_cost(events: list[dict[str, Any]]) -> dict[str, float]:
             for name, key in (("trial", "trial_wall_s"), ("cpu", "cpu_s"), ("gpu", "gpu_s"))}
 
 
-def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool) -> str | None:
+def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool, searcher) -> str | None:
     """Why fewer trials than num_samples ran, when search.budget is why."""
     budget = spec.search.budget
-    if stopped or (budget.wall_s is None and budget.gpu_hours is None):
-        return None
     ran = len(result.statuses)
-    if ran >= (spec.search.num_samples or 0):
+    if stopped or (budget.wall_s is None and budget.gpu_hours is None) or ran >= (spec.search.num_samples or 0):
         return None
-    what = []
-    if budget.wall_s is not None:
-        what.append(f"wall_s {budget.wall_s:g}")
-    if budget.gpu_hours is not None:
-        what.append(f"gpu_hours {budget.gpu_hours:g} ({result.cost['gpu_hours']:.3g} used)")
-    return f"spent: {' or '.join(what)}; {ran} of {spec.search.num_samples} trials started"
+    searcher = getattr(searcher, "searcher", searcher)  # inside reproducible's ConcurrencyLimiter
+    spent = searcher.spent() if searcher is not None else None
+    if spent is None:  # a resumed job: Tune restored its own searcher
+        spent = " or ".join(f"{k} {v:g}" for k, v in budget.model_dump().items() if v is not None)
+    return f"spent: {spent}; {ran} of {spec.search.num_samples} trials started"
 
 
 def _max_t(spec: JobSpec) -> int | None:

@@ -8,6 +8,7 @@ always sampled define-by-run (`search_spaces.sample`), which is what makes condi
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from typing import Callable
@@ -49,27 +50,35 @@ class StoredStudySearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.budget = {k: v for k, v in (budget or {}).items() if v is not None}
         self.gpus_per_trial = gpus_per_trial
-        self.started_at: float | None = None  # wall clock (time.time): a resumed search counts from its start
         self.gpu_s = 0.0
+        # The seconds the search has run: saved with Tune's snapshots, so a resumed search goes on
+        # counting from there; the time between a crash and `tuner resume` does not count.
+        self.ran_s = 0.0
+        self.clock: tuple[int, float, float] | None = None  # (pid, monotonic start, ran_s then) of this process
+
+    def _ran(self) -> float:
+        now = time.monotonic()
+        if self.clock is None or self.clock[0] != os.getpid():  # the first call in this process
+            self.clock = (os.getpid(), now, self.ran_s)
+        self.ran_s = self.clock[2] + now - self.clock[1]
+        return self.ran_s
 
     def spent(self) -> str | None:
         """What of the budget is spent, or None."""
-        if "wall_s" in self.budget and self.started_at is not None and \
-                time.time() - self.started_at >= self.budget["wall_s"]:
+        if "wall_s" in self.budget and self._ran() >= self.budget["wall_s"]:
             return f"wall_s {self.budget['wall_s']:g}"
         if "gpu_hours" in self.budget and self.gpu_s / 3600 >= self.budget["gpu_hours"]:
             return f"gpu_hours {self.budget['gpu_hours']:g}"
         return None
 
     def suggest(self, trial_id: str):
-        if self.started_at is None:
-            self.started_at = time.time()
         if self.spent():
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.gpu_s += float((result or {}).get("time_total_s") or 0.0) * self.gpus_per_trial
+        self._ran()
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -35,7 +35,7 @@ def job_trials(tracking_uri: str, job: str) -> tuple[str, list[str], list[tuple[
 
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = find_parent_run(tracking_uri, job)
-    metric = parent.data.params.get("metric", "val_loss")
+    metric = parent.data.params.get("metric", "val_loss").split(",")[0]  # a multi-objective job's first
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
                                   order_by=["attributes.run_name ASC"])

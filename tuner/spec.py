@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from search_spaces import domain_of, load_preset, parse_space, preset_names
+from search_spaces import condition_of, domain_of, is_active, load_preset, parse_space, preset_names
 from trainables.factories import FactoryError, import_function, is_reference
 from trainables.knobs import DEFAULTS, MODELS, knob_problem
 from tuner.errors import SpecError, redact
@@ -83,7 +83,7 @@ class SearchSpec(_Section):
     # Configs to run first, whole or partial (the sampler completes them): what you already believe in.
     start_from: list[dict[str, Any]] = Field(default_factory=list, max_length=1000)
     warm_start: WarmStartSpec | None = None  # continue where an earlier job left off
-    # The same trials, configs and (for deterministic trials on CPU) metrics at any max_concurrent:
+    # The same trials, configs and (for deterministic trials on CPU) metrics run after run, at a given max_concurrent:
     # suggestions in fixed batches of max_concurrent, each waiting for the one before.
     reproducible: bool = False
     # Where the Optuna study lives: null = a SQLite file in the run folder; or a database URL
@@ -102,6 +102,9 @@ class SearchSpec(_Section):
             raise ValueError(f"must be a database URL: {', '.join(STUDY_SCHEMES)}")
         if redact(url) != url:
             raise ValueError("holds a password: give it in the environment (PGPASSWORD, ~/.pgpass) instead")
+        if scheme == "sqlite" and not url.startswith("sqlite:////"):
+            raise ValueError("a sqlite study is sqlite:////absolute/path.db (resume and tuner dashboard run "
+                             "from other folders)")
         return url
 
 
@@ -492,6 +495,10 @@ def _check_search(spec: JobSpec, space: dict[str, Any], source: str) -> SearchSp
                 raise SpecError(source, f"search.space.{key}", "a grid searches choice keys without a condition "
                                 f"(this one is {kind}{' with when' if 'when' in entry else ''})")
             size *= len(args)
+            if size > 100_000:
+                raise SpecError(source, "search.space", "the grid has more than 100000 points", size)
+        if search.start_from:
+            raise SpecError(source, "search.start_from", "a grid runs each of its points once; give no start_from")
         if search.num_samples is not None and search.num_samples > size:
             raise SpecError(source, "search.num_samples", f"the grid has {size} points", search.num_samples)
         num_samples = search.num_samples or size
@@ -506,6 +513,13 @@ def _check_search(spec: JobSpec, space: dict[str, Any], source: str) -> SearchSp
             if not _in_domain(value, domain_of(space[key])):
                 kind, args = domain_of(space[key])
                 raise SpecError(source, where, f"outside the space ({kind} {args})", value)
+            if not is_active(space[key], point):
+                parent, values = condition_of(space[key])  # type: ignore[misc]
+                raise SpecError(source, where, f"is sampled only when {parent} is one of {values}: give {parent} "
+                                "one of them in the same config")
+    if search.budget.gpu_hours is not None and spec.trial.resources.gpu == 0:
+        raise SpecError(source, "search.budget.gpu_hours", "the trials use no GPU (trial.resources.gpu is 0)",
+                        search.budget.gpu_hours)
     if search.storage is not None and spec.mlflow.tracking_uri is not None and \
             search.storage.split("?")[0] == spec.mlflow.tracking_uri.split("?")[0]:
         raise SpecError(source, "search.storage", "is MLflow's database; give the study a database of its own "

@@ -84,7 +84,8 @@ def earlier_trials(spec: JobSpec, tracking_uri: str) -> list:
     parent = find_parent_run(tracking_uri, job)
     children = MlflowClient(tracking_uri).search_runs(
         [parent.info.experiment_id], max_results=50_000,
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status != 'FAILED'")
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'")
+    children = [c for c in children if c.info.status in ("FINISHED", "KILLED")]  # ended (KILLED: by ASHA)
     distributions = to_optuna(spec.space)
     trials = []
     for child in children:
@@ -99,6 +100,20 @@ def earlier_trials(spec: JobSpec, tracking_uri: str) -> list:
         raise NotFoundError(f"search.warm_start.job: {job} (run {parent.info.run_id}) has no finished trial that "
                             f"fits this job's space and metrics")
     return trials
+
+
+def close_unfinished(url: str, name: str) -> None:
+    """After Tune: a trial the study still holds as RUNNING was one Tune forgot after a crash (the
+    searcher that asked for it was restored from an older snapshot); end it FAIL, or a sampler with
+    the constant liar would count it as running for ever."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:  # the search never started (no trial was asked for)
+        return
+    for trial in study.get_trials(deep=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def seed_study(spec: JobSpec, url: str, name: str, trials: list) -> None:

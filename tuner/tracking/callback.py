@@ -62,13 +62,20 @@ class TrackingCallback(Callback):
                 "resources": self.resources}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # A run folder from before this layout pickled its folder inside ``settings``.
+        state = {"folder": state.get("folder") or state.get("settings", {}).get("folder"),
+                 "resources": state.get("resources") or {"cpu": 1.0, "gpu": 0.0},
+                 **{k: state.get(k) for k in ("metric", "mode", "max_t")}}
         self.__dict__.update(state)
         self._reset()
 
     def setup(self, **info: Any) -> None:
         self.tracker = writer_for(self.folder)
+        best_key = legal_names({f"best_{self.metric}": 0})[0].popitem()[0]
         for event in self.tracker.journal.events:  # empty for a new job
-            if event["op"] == "trial_start":
+            if event["op"] == "parent" and best_key in event.get("metrics", {}):
+                self.best = event["metrics"][best_key]  # the best so far goes on from where it was
+            elif event["op"] == "trial_start":
                 self.unended.add(event["trial"])
             elif event["op"] in ("trial_end", "trial_forget"):
                 self.unended.discard(event["trial"])

@@ -1,0 +1,78 @@
+"""The whole `tuner run` command at several commits: each run a fresh process, the commits' order
+rotating from one round to the next. What a user times, and how it moved between commits.
+
+    python -m bench.commits 2115ba7 HEAD [--rounds 4]
+
+Each commit is checked out into a temporary worktree and run with this machine's .venv (its code
+first on PYTHONPATH, the workers' too). The job: 16 trials × 20 epochs of 0.05 s, 2 at a time (8 s
+of ideal work), a new SQLite MLflow store per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, save, table
+
+JOB = """name: sleepy
+trainable: workloads:sleep_trainable
+code_dir: {code}
+metric: loss
+mode: min
+search: {{algorithm: tpe, num_samples: 16, max_concurrent: 2, seed: 0, space: {{x: {{uniform: [0, 1]}}}}}}
+fixed: {{epochs: 20, epoch_s: 0.05}}
+ensemble: {{top_k: 0}}
+"""
+
+
+def run_once(tree: Path) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "job.yaml"
+        spec.write_text(JOB.format(code=tree / "bench"))
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
+                               "--skip-checks"], cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    return wall
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("revs", nargs="+")
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tuner-commits-") as base:
+        trees = {}
+        for rev in args.revs:
+            sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            trees[sha] = Path(base) / sha
+            subprocess.run(["git", "worktree", "add", "--detach", str(trees[sha]), sha], cwd=ROOT, check=True,
+                           capture_output=True)
+        try:
+            walls: dict[str, list[float]] = {sha: [] for sha in trees}
+            shas = list(trees)
+            for r in range(args.rounds):
+                for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
+                    walls[sha].append(run_once(trees[sha]))
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    rows = [{"commit": sha, "wall_s": statistics.median(w), "runs": ", ".join(f"{x:.1f}" for x in w)}
+            for sha, w in walls.items()]
+    table(rows, ["commit", "wall_s", "runs"], f"`tuner run`, whole command, median of {args.rounds} (8 s ideal)")
+    save("commits", rows, revs=args.revs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
