@@ -112,7 +112,7 @@ def close_unfinished(url: str, name: str) -> None:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:  # the search never started (no trial was asked for)
         return
-    for trial in study.get_trials(deep=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
