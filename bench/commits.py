@@ -11,15 +11,13 @@ of ideal work), a new SQLite MLflow store per run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import ROOT, save, table
+from bench.common import ROOT, save, table, time_tuner_run
 
 JOB = """name: sleepy
 trainable: workloads:sleep_trainable
@@ -33,17 +31,7 @@ ensemble: {{top_k: 0}}
 
 
 def run_once(tree: Path) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "job.yaml"
-        spec.write_text(JOB.format(code=tree / "bench"))
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
-                               "--skip-checks"], cwd=tmp, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{tree}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
-    return wall
+    return time_tuner_run(JOB.format(code=tree / "bench"), tree)
 
 
 def main(argv: list[str]) -> None:

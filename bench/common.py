@@ -97,3 +97,22 @@ def machine_cpu_s() -> float:
         fields = stat.readline().split()  # cpu user nice system idle iowait irq softirq steal ...
     ticks = sum(int(fields[i]) for i in (1, 2, 3, 6, 7))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def time_tuner_run(spec_text: str, code: Path = ROOT) -> float:
+    """Wall seconds of one whole `tuner run` of a spec, in a fresh process, with ``code`` first on the
+    path (the driver's and, through PYTHONPATH, the workers'): what a user times."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "job.yaml"
+        spec.write_text(spec_text)
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
+                               "--skip-checks"], cwd=tmp, env={**os.environ, "PYTHONPATH": str(code)},
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{code}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    return wall

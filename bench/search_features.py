@@ -14,12 +14,10 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, USER_CODE, save, table
+from bench.common import ROOT, USER_CODE, save, table, time_tuner_run
 
 JOB = """name: batches
 trainable: workloads:varied_trainable
@@ -36,17 +34,7 @@ ensemble: {{top_k: 0}}
 
 def reproducible_arm(reproducible: bool) -> float:
     """Wall seconds of one `tuner run` of the job, in a fresh process."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / "job.yaml"
-        spec.write_text(JOB.format(code=USER_CODE, reproducible=str(reproducible).lower()))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
-                               "--skip-checks"], cwd=tmp, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
-    return wall
+    return time_tuner_run(JOB.format(code=USER_CODE, reproducible=str(reproducible).lower()))
 
 
 def suggestion_arm(objectives: int, trials: int, asks: int = 20) -> dict[str, float]:

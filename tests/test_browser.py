@@ -94,10 +94,15 @@ def test_headless_chromium_finds_the_jobs_trials_in_the_dashboard(finished_job, 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    import json
+    import urllib.request
+
     url, _ = dashboard
+    with urllib.request.urlopen(f"{url}/api/studies", timeout=10) as answer:
+        (summary,) = json.load(answer)["study_summaries"]
     driver = browser()
     try:
-        driver.get(f"{url}/dashboard/studies/1/trials")
+        driver.get(f"{url}/dashboard/studies/{summary['study_id']}/trials")
         WebDriverWait(driver, 60).until(lambda d: "3 Trials" in d.find_element(By.TAG_NAME, "body").text)
         text = driver.find_element(By.TAG_NAME, "body").text
     finally:

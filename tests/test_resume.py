@@ -16,6 +16,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import DATA
+from tuner.study import open_storage
 from tuner.tracking import PARENT_TAG
 
 pytestmark = pytest.mark.slow
@@ -82,7 +83,7 @@ def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path, momen
     assert ended_before < NUM_SAMPLES
     folder = events.parent.parent
     storage, study_name = _study(folder)
-    told_before = {t.number: t.value for t in optuna.load_study(study_name=study_name, storage=storage).trials
+    told_before = {t.number: t.value for t in optuna.load_study(study_name=study_name, storage=open_storage(storage)).trials
                    if t.state == optuna.trial.TrialState.COMPLETE}
 
     resumed = subprocess.run([*cli, "resume", str(folder)], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -115,7 +116,7 @@ def test_kill_driver_then_resume_finishes_every_trial_once(tmp_path: Path, momen
     # The search went on from the stored study: what it was told before the crash is still there, and
     # each of the job's trials was told once (a re-run of a trial it already had is not told again; a
     # trial Tune forgot may have been told before the crash, a real evaluation the sampler keeps).
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     complete = {t.number: t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
     assert all(complete.get(n) == value for n, value in told_before.items())
     assert NUM_SAMPLES <= len(complete) <= NUM_SAMPLES + len(forgotten)

@@ -16,7 +16,7 @@ from tuner.errors import NotFoundError
 from tuner.export import best_spec
 from tuner.run import run_job
 from tuner.spec import spec_from_mapping
-from tuner.study import stored_study
+from tuner.study import open_storage, stored_study
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def study_of(result) -> optuna.Study:
     from tuner.folders import RunFolder
 
     storage, name = stored_study(RunFolder(result.run_folder))
-    return optuna.load_study(study_name=name, storage=storage)
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
 
 
 def test_multi_objective_finds_a_pareto_front_of_loss_against_size(ray_session, tmp_path: Path):

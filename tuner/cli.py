@@ -341,12 +341,12 @@ def dashboard(job: str = typer.Argument(..., help="A job name (its newest run) o
     from optuna_dashboard import run_server
 
     from tuner.folders import find_run_folder
-    from tuner.study import stored_study
+    from tuner.study import open_storage, stored_study
 
     storage, name = stored_study(find_run_folder(output_dir, job))
     out.print(f"optuna-dashboard for study {name}: http://127.0.0.1:{port}/dashboard/studies")
     _quiet(False)
-    run_server(storage, host="127.0.0.1", port=port)
+    run_server(open_storage(storage), host="127.0.0.1", port=port)
 
 
 @app.command()

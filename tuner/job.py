@@ -27,7 +27,7 @@ from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_fo
 from tuner.search import make_searcher
 from tuner.spec import JobSpec, load_spec
 from tuner.study import close_unfinished, earlier_trials, pareto_front, seed_study, study_ref
-from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, open_writer,
+from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, job_cost, open_writer,
                             share_trials_view, start_parent_run, trial_statuses)
 
 log = logging.getLogger(__name__)
@@ -260,16 +260,6 @@ class Job:
         except UserError as exc:
             note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
         return note
-
-
-def job_cost(events: list[dict[str, Any]]) -> dict[str, float]:
-    """Trial-hours, CPU-hours and GPU-hours of the trials the journal saw end (forgotten ones aside)."""
-    ends = {e["trial"]: e.get("metrics", {}) for e in events if e["op"] == "trial_end"}
-    for event in events:
-        if event["op"] == "trial_forget":
-            ends.pop(event["trial"], None)
-    return {f"{name}_hours": sum(m.get(key, 0.0) for m in ends.values()) / 3600
-            for name, key in (("trial", "trial_wall_s"), ("cpu", "cpu_s"), ("gpu", "gpu_s"))}
 
 
 def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool, searcher) -> str | None:

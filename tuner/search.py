@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import domain_of, sample
 from tuner.spec import JobSpec
+from tuner.study import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class StoredStudySearch(OptunaSearch):
 
 def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str | None = None) -> Searcher:
     """Ray's OptunaSearch over the spec's space with the chosen Optuna sampler; the study in ``storage``
-    (a database URL) under ``study_name`` when given, where Optuna keeps it up to date as trials end.
+    (`tuner.study.open_storage`) under ``study_name`` when given, kept up to date as trials end.
 
     Early stopping comes from the Tune scheduler (OptunaSearch always uses Optuna's NopPruner).
     With ``search.reproducible``, suggestions come in batches of max_concurrent, each batch waiting
@@ -106,7 +107,7 @@ def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str 
         mode=spec.modes if spec.multi_objective else spec.direction,
         sampler=sampler,
         points_to_evaluate=[dict(p) for p in spec.search.start_from] or None,
-        storage=optuna.storages.RDBStorage(storage) if storage else None,
+        storage=open_storage(storage) if storage else None,
         study_name=study_name,
         budget=spec.search.budget.model_dump(),
         gpus_per_trial=spec.trial.resources.gpu,

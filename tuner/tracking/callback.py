@@ -187,6 +187,16 @@ def trial_statuses(tracker: Tracker, results, *, stopped: bool = False) -> dict[
     return {names[trial]: status for trial, status in statuses.items()}
 
 
+def job_cost(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Trial-hours, CPU-hours and GPU-hours of the trials the journal saw end (forgotten ones aside)."""
+    ends = {e["trial"]: e.get("metrics", {}) for e in events if e["op"] == "trial_end"}
+    for event in events:
+        if event["op"] == "trial_forget":
+            ends.pop(event["trial"], None)
+    return {f"{name}_hours": sum(m.get(key, 0.0) for m in ends.values()) / 3600
+            for name, key in (("trial", "trial_wall_s"), ("cpu", "cpu_s"), ("gpu", "gpu_s"))}
+
+
 def _trial_error(trial) -> tuple[str, str]:
     """(one-line message, full text) of a failed trial's error."""
     text = ""
