@@ -86,7 +86,7 @@ class SearchSpec(_Section):
     # The same trials, configs and (for deterministic trials on CPU) metrics run after run, at a given max_concurrent:
     # suggestions in fixed batches of max_concurrent, each waiting for the one before.
     reproducible: bool = False
-    # Where the Optuna study lives: null = a SQLite file in the run folder; or a database URL
+    # Where the Optuna study lives: null = Optuna's journal file in the run folder; or a database URL
     # (postgresql://...) of its own, never MLflow's (both keep an alembic_version table).
     storage: str | None = None
     # Stop starting new trials once spent (running ones finish); the job says so.
