@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     rows = [{"commit": sha, "wall_s": statistics.median(w), "runs": ", ".join(f"{x:.1f}" for x in w)}
             for sha, w in walls.items()]
     table(rows, ["commit", "wall_s", "runs"], f"`tuner run`, whole command, median of {args.rounds} (8 s ideal)")
-    save("commits", rows, revs=args.revs)
+    save("commits-" + "-".join(walls), rows, revs=args.revs)  # a file per comparison
 
 
 if __name__ == "__main__":

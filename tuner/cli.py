@@ -77,7 +77,8 @@ def validate(spec: Path = typer.Argument(..., help="The job's YAML file."), set:
     out.print(f"  job        {job.name} ({what})")
     out.print(f"  search     {job.search.algorithm}, {job.search.num_samples} trials, "
               f"{job.search.max_concurrent} at once, seed {job.search.seed}, scheduler {job.scheduler.name}")
-    out.print(f"  optimise   {job.direction} {job.objective} over {', '.join(job.space)}")
+    goals = ", ".join(f"{mode} {metric}" for metric, mode in zip(job.metrics, job.modes))
+    out.print(f"  optimise   {goals} over {', '.join(job.space)}")
     out.print(f"  per trial  {job.trial.epochs} epochs, {job.trial.resources.cpu:g} cpu, "
               f"{job.trial.resources.gpu:g} gpu, {job.trial.max_failures} retries")
     if job.fixed:
