@@ -4,10 +4,11 @@
     tuner check job.yaml                      # the recipe's sanity checks on the spec's model and data
     tuner run job.yaml --set search.num_samples=8
     tuner resume digits-mlp                   # finish an interrupted job
-    tuner export digits-mlp -o best.yaml      # the best trial's config as a spec
+    tuner export digits-mlp -o best.yaml      # the best trial's config as a spec (--pick trial-007: another)
     tuner train best.yaml                     # retrain it once, no search
     tuner sync digits-mlp                     # deliver tracking events a dead server missed
     tuner ui                                  # the MLflow UI on the job's store
+    tuner dashboard digits-mlp                # the job's Optuna study in optuna-dashboard
     tuner runs / tuner show digits-mlp        # jobs in the store, one job's trials
     tuner submit job.yaml --address http://HEAD:8265 --wait    # on a Ray cluster (Jobs API)
     tuner status ID / logs ID --follow / stop ID / list
