@@ -348,7 +348,10 @@ def dashboard(job: str = typer.Argument(..., help="A job name (its newest run) o
     storage, name = stored_study(find_run_folder(output_dir, job))
     out.print(f"optuna-dashboard for study {name}: http://127.0.0.1:{port}/dashboard/studies")
     _quiet(False)
-    run_server(open_storage(storage), host="127.0.0.1", port=port)
+    try:
+        run_server(open_storage(storage), host="127.0.0.1", port=port)
+    except OSError as exc:  # the port is taken, or not ours to open
+        raise UserError(f"--port {port}: cannot serve on it ({describe(exc)})") from None
 
 
 @app.command()
