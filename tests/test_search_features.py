@@ -167,3 +167,14 @@ def test_cost_is_counted_and_a_wall_budget_stops_new_trials(ray_session, tmp_pat
         assert run.data.metrics["gpu_s"] == 0
     total = sum(r.data.metrics["trial_wall_s"] for r in runs) / 3600
     assert parent.data.metrics["trial_hours"] == pytest.approx(total) and parent.data.metrics["gpu_hours"] == 0
+
+
+def test_a_study_in_a_postgresql_database_of_its_own(ray_session, tmp_path: Path, postgres_db: str):
+    spec = small_spec(tmp_path, name="pg", trial={"epochs": 1}, search={"num_samples": 2, "storage": postgres_db})
+    result = run_job(spec, output_root=tmp_path / "out")
+    from tuner.folders import RunFolder
+
+    assert stored_study(RunFolder(result.run_folder))[0] == postgres_db
+    study = study_of(result)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert not (result.run_folder / "study.log").exists()  # nothing of the study in the run folder

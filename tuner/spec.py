@@ -33,7 +33,7 @@ MAX_SPEC_NODES = 10_000  # a spec has tens of values; more means an alias bomb o
 _COSTS = {"num_params": "min", "epoch_time_s": "min"}  # for multi-objective searches: quality against cost
 LOOP_METRICS = {"classification": {"val_loss": "min", "train_loss": "min", "val_acc": "max", **_COSTS},
                 "regression": {"val_loss": "min", "train_loss": "min", "val_rmse": "min", **_COSTS}}
-STUDY_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql")
+STUDY_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # whole-string match (fullmatch): no trailing newline
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql", "databricks")
 MAX_KEY = 250  # MLflow's longest param or metric name
