@@ -168,3 +168,24 @@ def test_a_callback_pickled_by_an_older_layout_comes_back_and_the_best_so_far_go
     events = Journal(folder).events
     assert [e["op"] for e in events] == ["parent", "trial_end"]
     assert events[1]["metrics"] == {"trial_wall_s": 2.0, "cpu_s": 2.0, "gpu_s": 0.0}
+
+
+def test_a_trial_the_job_closed_when_it_was_stopped_is_journaled_again_when_a_resume_runs_it(tmp_path: Path):
+    from tuner.tracking import TrackingCallback, open_writer
+
+    folder = tmp_path / "tracking"
+    journal = Journal(folder)
+    journal.append({"op": "trial_start", "time": 1, "trial": "s", "name": "trial-001", "params": {}})
+    journal.append({"op": "trial_end", "time": 2, "trial": "s", "status": "KILLED",
+                    "tags": {"tuner.end": "stopped: the job was stopped (SIGTERM, e.g. tuner stop)"}})
+    journal.close()
+    tracker = open_writer(folder, tracking_uri=_dead_server(), experiment_id="1", parent_run_id="p")
+    callback = TrackingCallback(folder=folder, metric="score", mode="min")
+    callback.setup()
+    stopped = FakeTrial("s", 1)
+    callback.on_step_begin(0, [stopped])  # Tune restored it: nothing forgotten
+    callback.on_trial_start(0, [stopped], stopped)
+    callback.on_trial_complete(0, [stopped], stopped)
+    tracker.close(timeout_s=0)
+    new = [(e["op"], e.get("status")) for e in Journal(folder).events[2:]]
+    assert new == [("trial_start", None), ("trial_end", "FINISHED"), ("parent", None)]  # parent: a new best

@@ -75,8 +75,8 @@ class TrackingCallback(Callback):
         for event in self.tracker.journal.events:  # empty for a new job
             if event["op"] == "parent" and best_key in event.get("metrics", {}):
                 self.best = event["metrics"][best_key]  # the best so far goes on from where it was
-            elif event["op"] == "trial_start":
-                self.unended.add(event["trial"])
+            elif event["op"] == "trial_start" or _closed_by_the_job(event):
+                self.unended.add(event["trial"])  # a trial `tuner stop` ended runs on when the job resumes
             elif event["op"] in ("trial_end", "trial_forget"):
                 self.unended.discard(event["trial"])
                 self.ended.add(event["trial"])
@@ -152,6 +152,15 @@ class TrackingCallback(Callback):
                        tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
                        metrics={**self._cost(trial), **({"diverged": 1} if diverged else {})})
         self._emit(**end.event())
+
+
+# How `trial_statuses` closes a trial it never saw end (the job was stopped, or Ray lost the trial):
+# such an end is the job's, not the trial's, and a resumed job that runs the trial again journals it.
+CLOSED_BY_THE_JOB = ("stopped:", "lost:")
+
+
+def _closed_by_the_job(event: dict[str, Any]) -> bool:
+    return event["op"] == "trial_end" and event.get("tags", {}).get("tuner.end", "").startswith(CLOSED_BY_THE_JOB)
 
 
 def trial_statuses(tracker: Tracker, results, *, stopped: bool = False) -> dict[str, str]:
