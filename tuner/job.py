@@ -135,7 +135,8 @@ class Job:
         from tuner.report import rank_trials, write_report
 
         spec, tracker = self.spec, self.tracker
-        assert tracker is not None and self.parent_run_id is not None  # opened by fit/resume
+        if tracker is None or self.parent_run_id is None:
+            raise RuntimeError("Job.finish comes after fit or resume, which open the parent run and its writer")
         ranked = rank_trials(results, metric=spec.objective, mode=spec.direction)
         statuses = trial_statuses(tracker, results, stopped=stopped)
         if not stopped:
@@ -205,7 +206,8 @@ class Job:
     def _open_tracking(self) -> None:
         """The journal's writer gets the store's URI as given; job.json and Tune's pickle only its
         redacted form (`RunFolder.tracking_uri` restores the password from the environment)."""
-        assert self.experiment_id is not None and self.parent_run_id is not None
+        if self.experiment_id is None or self.parent_run_id is None:
+            raise RuntimeError("the job's parent run must exist before its tracking writer opens")
         self.tracker = open_writer(self.folder.tracking, tracking_uri=self.tracking_uri,
                                    experiment_id=self.experiment_id, parent_run_id=self.parent_run_id)
 

@@ -40,6 +40,17 @@ MAX_KEY = 250  # MLflow's longest param or metric name
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's samplers take seeds below 2**32
 
 
+def _scheme_without_password(url: str, schemes: tuple[str, ...], unknown: str, password: str) -> str:
+    """A store's URL scheme, checked against ``schemes``; a URL holding a password is refused (it would
+    be written into the run folder). The messages are the field's own."""
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    if scheme not in schemes:
+        raise ValueError(unknown)
+    if redact(url) != url:
+        raise ValueError(password)
+    return scheme
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
@@ -97,11 +108,11 @@ class SearchSpec(_Section):
     def _study_database(cls, url: str | None) -> str | None:
         if url is None:
             return None
-        scheme = url.split(":", 1)[0] if ":" in url else url
-        if scheme not in STUDY_SCHEMES or "://" not in url:
+        if "://" not in url:
             raise ValueError(f"must be a database URL: {', '.join(STUDY_SCHEMES)}")
-        if redact(url) != url:
-            raise ValueError("holds a password: give it in the environment (PGPASSWORD, ~/.pgpass) instead")
+        scheme = _scheme_without_password(url, STUDY_SCHEMES, f"must be a database URL: {', '.join(STUDY_SCHEMES)}",
+                                          "holds a password: give it in the environment (PGPASSWORD, ~/.pgpass) "
+                                          "instead")
         if scheme == "sqlite" and not url.startswith("sqlite:////"):
             raise ValueError("a sqlite study is sqlite:////absolute/path.db (resume and tuner dashboard run "
                              "from other folders)")
@@ -149,12 +160,10 @@ class MlflowSpec(_Section):
     def _known_scheme(cls, uri: str | None) -> str | None:
         if uri is None:
             return None
-        scheme = uri.split(":", 1)[0] if ":" in uri else uri
-        if scheme not in TRACKING_SCHEMES:
-            raise ValueError(f"scheme must be one of {', '.join(TRACKING_SCHEMES)}")
-        if redact(uri) != uri:
-            raise ValueError("holds a password, which would be written into the run folder and MLflow: "
-                             "give it in MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead")
+        scheme = _scheme_without_password(uri, TRACKING_SCHEMES, f"scheme must be one of {', '.join(TRACKING_SCHEMES)}",
+                                          "holds a password, which would be written into the run folder and "
+                                          "MLflow: give it in MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                                          "instead")
         if scheme == "sqlite":
             # Percent-decoded as SQLAlchemy does, so %2e%2e cannot climb out of the output folder.
             path = unquote(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else ""

@@ -23,7 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tuner.tracking.names import (TrialEnd, flat, improves, is_number, legal_names, stopped_early,
+from tuner.tracking.names import (TrialEnd, flat, improves, is_number, legal_name, legal_names, stopped_early,
                                   trial_name)
 from tuner.tracking.writer import Tracker, writer_for
 
@@ -71,7 +71,7 @@ class TrackingCallback(Callback):
 
     def setup(self, **info: Any) -> None:
         self.tracker = writer_for(self.folder)
-        best_key = legal_names({f"best_{self.metric}": 0})[0].popitem()[0]
+        best_key = legal_name(f"best_{self.metric}")
         for event in self.tracker.journal.events:  # empty for a new job
             if event["op"] == "parent" and best_key in event.get("metrics", {}):
                 self.best = event["metrics"][best_key]  # the best so far goes on from where it was
