@@ -10,6 +10,7 @@
     tuner ui                                  # the MLflow UI on the job's store
     tuner dashboard digits-mlp                # the job's Optuna study in optuna-dashboard
     tuner runs / tuner show digits-mlp        # jobs in the store, one job's trials
+    tuner up / tuner down                     # keep Ray and the MLflow UI running between jobs
     tuner submit job.yaml --address http://HEAD:8265 --wait    # on a Ray cluster (Jobs API)
     tuner status ID / logs ID --follow / stop ID / list
 
@@ -19,6 +20,7 @@ User errors print as one line and exit 2; a failed job exits 1.
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -175,6 +177,7 @@ def _ui_url(tracking_uri: str, fragment: str) -> str:
 
 
 def _print_result(result: Any, job: Any) -> None:
+    from tuner.folders import embedded_store
     from tuner.progress import config_text, fmt
 
     counts = {s: sum(1 for v in result.statuses.values() if v == s) for s in ("FINISHED", "KILLED", "FAILED")}
@@ -215,7 +218,12 @@ def _print_result(result: Any, job: Any) -> None:
     out.print(f"MLflow: parent run {result.parent_run_id} in {where}")
     local = not result.tracking_uri.startswith(("http://", "https://"))
     fragment = result.view or f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
-    out.print(f"MLflow UI: {_ui_url(where, fragment)}" + ("  (after `tuner ui`)" if local else ""))
+    if result.service_ui and result.tracking_uri == embedded_store(result.run_folder.parent.parent):
+        out.print(f"MLflow UI: {result.service_ui}/{fragment}")  # the `tuner up` UI shows this store
+    else:
+        out.print(f"MLflow UI: {_ui_url(where, fragment)}" + ("  (after `tuner ui`)" if local else ""))
+    if result.ray_service:
+        out.print(f"Ray: the local service's head at {result.ray_service} (tuner up; tuner down stops it)")
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {where}")
     if result.undelivered:
         err.print(f"{result.undelivered} tracking events were not delivered to {where}; they are kept "
@@ -333,6 +341,33 @@ def ui(spec: Optional[Path] = typer.Argument(None, help="A job spec; its store i
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
     raise typer.Exit(subprocess.call(command))
+
+
+@app.command()
+@_user_errors
+def up(output_dir: Path = OutputOption,
+       num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="Ray's CPUs (default: all)."),
+       num_gpus: Optional[int] = typer.Option(None, "--num-gpus", min=0, help="Ray's GPUs (default: all)."),
+       ui_port: int = typer.Option(5000, "--ui-port", min=1, max=65535), no_ui: bool = typer.Option(False, "--no-ui"),
+       ) -> None:
+    """Keep a local Ray head and the MLflow UI running: later `tuner run`s attach to them (warm start)."""
+    from tuner.service import up as start
+
+    service, started = start(output_dir, num_cpus=num_cpus, num_gpus=num_gpus, ui_port=None if no_ui else ui_port)
+    out.print(f"{'up' if started else 'already up (since ' + service.started + ')'}: Ray head at "
+              f"{service.ray_address}" + (f", MLflow UI at {service.ui_url}" if service.ui_url else "")
+              + f"; jobs with --output-dir {output_dir} attach to it; `tuner down` stops it")
+
+
+@app.command()
+@_user_errors
+def down(output_dir: Path = OutputOption) -> None:
+    """Stop what `tuner up` started for this output folder."""
+    from tuner.service import down as stop
+
+    service = stop(output_dir)
+    out.print(f"stopped: Ray head at {service.ray_address}" + (f", MLflow UI at {service.ui_url}" if service.ui_url
+              else "") if service else f"nothing is up for {output_dir}")
 
 
 @app.command()
@@ -484,9 +519,16 @@ def list_(address: Optional[str] = AddressOption) -> None:
     out.print(table)
 
 
-def main() -> None:  # pragma: no cover - console-script entry
-    app()
+def main() -> None:
+    """The console script. At exit Python's last garbage collection walks every object Ray, MLflow
+    and torch made: 2.5 s of a cold `tuner run` here (BENCHMARKS.md, section 8). The command's work
+    is done by then (files closed, Ray shut down, tracking flushed), so those objects are frozen out
+    of that collection; they are freed with the process."""
+    try:
+        app()
+    finally:
+        gc.freeze()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from tuner.folders import RunFolder
+from tuner.service import Service
 from tuner.spec import JobSpec
 
 
@@ -58,6 +59,7 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
     """The `ray.tune.Tuner` of a job (the job adds the tracking callback; bench/ measures without it).
     ``searcher``: the job's (`tuner.search.make_searcher`); default: one with its study in memory."""
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from tuner.search import make_scheduler, make_searcher
     from tuner.tracking import trial_name
@@ -77,7 +79,9 @@ def make_tuner(spec: JobSpec, folder: RunFolder, callbacks: list, made: Factorie
         run_config=tune.RunConfig(
             name=folder.ray.name,
             storage_path=str(folder.path.resolve()),
-            callbacks=callbacks,
+            # The per-trial files `ResultGrid` reads the results from (tuner.report); Tune's automatic
+            # loggers are off in a job (tuner.settings), TensorBoard's with them.
+            callbacks=[*callbacks, CSVLoggerCallback(), JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=spec.trial.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=spec.objective,
                                                     checkpoint_score_order=spec.direction),
@@ -95,8 +99,9 @@ def restore_tuner(spec: JobSpec, folder: RunFolder, made: Factories | None):
 
 
 @contextlib.contextmanager
-def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool) -> Iterator[None]:
-    """Ray for the job's block: started here and shut down after, or the one already running."""
+def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool, service: Service | None = None) -> Iterator[None]:
+    """Ray for the job's block: started here and shut down after, or the one already running, or the
+    local service's head (`tuner up`; a spec's ``ray.address`` comes first)."""
     import ray
 
     if in_ray_job():
@@ -114,9 +119,11 @@ def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool) -> Iterator[
     if spec.user_code and not in_ray_job():
         paths = [spec.code_dir, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
-    ray.init(address=spec.ray.address or "local", runtime_env=env or None, include_dashboard=False,
-             logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
-             configure_logging=True)
+    # The service's head is this machine's current cluster: "auto" finds it and turns on its token
+    # auth for this driver (tuner.service).
+    address = spec.ray.address or ("auto" if service is not None else "local")
+    ray.init(address=address, runtime_env=env or None, include_dashboard=False,
+             logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose, configure_logging=True)
     try:
         yield
     finally:

@@ -15,16 +15,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tuner.engine import Factories, factories, make_tuner, ray_session, restore_tuner, stop_on_sigterm
+from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_sigterm
 from tuner.errors import NotFoundError, UserError, describe, redact, tracking_errors
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
+from tuner.report import import_in_background
 from tuner.search import make_searcher
+from tuner.service import Service, running
 from tuner.spec import JobSpec, load_spec
 from tuner.study import close_unfinished, earlier_trials, pareto_front, seed_study, study_ref
 from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, job_cost, open_writer,
@@ -51,6 +55,8 @@ class JobResult:
     budget_spent: str | None = None  # what of search.budget stopped new trials, if it did
     undelivered: int = 0
     stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
+    ray_service: str | None = None  # the address of the `tuner up` Ray head the job attached to
+    service_ui: str | None = None  # that service's MLflow UI
 
     @property
     def succeeded(self) -> bool:
@@ -76,17 +82,21 @@ class Job:
         self.warm_start: list = []  # an earlier job's trials, for the study before the search starts
         self.view = ""  # the MLflow UI's URL fragment of the job's trials table
         self.searcher = None  # the searcher this process made (a resumed job's is Tune's restored one)
+        self.service: Service | None = None  # the local service's Ray head (`tuner up`), if the job attaches
 
     @classmethod
     def new(cls, spec: JobSpec, output_root: Path) -> Job:
         """A new job in a new run folder under ``output_root``."""
         uri = tracking_uri_for(spec, output_root)
+        service = _service(spec, output_root)
         try:
             folder = new_run_folder(spec, output_root)
             folder.spec.write_text(spec.to_yaml())
         except OSError as exc:
             raise UserError(f"{output_root}: cannot write the job's run folder ({describe(exc)})") from None
-        return cls(spec, folder, uri)
+        job = cls(spec, folder, uri)
+        job.service = service
+        return job
 
     @classmethod
     def existing(cls, folder: RunFolder) -> Job:
@@ -94,31 +104,43 @@ class Job:
         if not (folder.ray / "tuner.pkl").exists():
             raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
         state = folder.read_state()
-        return cls(load_spec(folder.spec), folder, folder.tracking_uri(state),
-                   experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+        spec = load_spec(folder.spec)
+        job = cls(spec, folder, folder.tracking_uri(state), experiment_id=state["experiment_id"],
+                  parent_run_id=state["parent_run_id"])
+        job.service = _service(spec, folder.path.parent.parent)  # <output_root>/<name>/<stamp>
+        return job
 
     # ---------------------------------------------------------------------------------- running
 
     def fit(self, *, checks: list | None = None, callbacks: list | None = None, verbose: bool = False) -> JobResult:
         """Run the job to its end. ``checks``: sanity-check results for the parent run; ``callbacks``:
         more Ray Tune callbacks (the CLI's progress view)."""
-        self._start_parent_run(checks or [])
-        with self._parent_fails_with_the_job():
-            self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
-                                    experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
-                                    study_storage=redact(self.study[0]), study_name=self.study[1], status="running")
-            self._open_tracking()
-            if self.warm_start:
-                seed_study(self.spec, *self.study, self.warm_start)
-            made = factories(self.spec)
-            callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.objective,
-                                        mode=self.spec.direction, max_t=_max_t(self.spec),
-                                        resources=self.spec.trial.resources.model_dump())
-            with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
-                self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
-                results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
-                                     searcher=self.searcher, verbose=verbose).fit()
-            return self.finish(results, made, stopped=stopped.is_set())
+        with contextlib.ExitStack() as ray, ThreadPoolExecutor(1, thread_name_prefix="tuner-parent") as pool:
+            # MLflow's store and the parent run are made while Ray starts (both take seconds cold).
+            parent = pool.submit(self._start_parent_run, checks or [])
+            ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
+            parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
+            with self._parent_fails_with_the_job():
+                if ray_failed is not None:
+                    raise ray_failed
+                self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
+                                        experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+                                        study_storage=redact(self.study[0]), study_name=self.study[1],
+                                        status="running")
+                self._open_tracking()
+                if self.warm_start:
+                    seed_study(self.spec, *self.study, self.warm_start)
+                made = factories(self.spec)
+                callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.objective,
+                                            mode=self.spec.direction, max_t=_max_t(self.spec),
+                                            resources=self.spec.trial.resources.model_dump())
+                import_in_background()  # the report's plotting modules, while the trials run
+                with stop_on_sigterm() as stopped:
+                    self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
+                    results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
+                                         searcher=self.searcher, verbose=verbose).fit()
+                ray.close()  # Ray's shutdown, before the report
+                return self.finish(results, made, stopped=stopped.is_set())
 
     def resume(self, *, verbose: bool = False) -> JobResult:
         """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run.
@@ -126,7 +148,9 @@ class Job:
         with self._parent_fails_with_the_job():
             self._open_tracking()
             made = factories(self.spec)
-            with ray_session(self.spec, self.folder, verbose=verbose), stop_on_sigterm() as stopped:
+            import_in_background()
+            with ray_session(self.spec, self.folder, verbose=verbose, service=self.service), \
+                    stop_on_sigterm() as stopped:
                 results = restore_tuner(self.spec, self.folder, made).fit()
             return self.finish(results, made, stopped=stopped.is_set())
 
@@ -143,7 +167,9 @@ class Job:
             close_unfinished(*self.study)  # trials Tune forgot after a crash: FAIL, not RUNNING for ever
         result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
                            experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
-                           statuses=statuses, top=ranked[:5], stopped=stopped, view=self.view)
+                           statuses=statuses, top=ranked[:5], stopped=stopped, view=self.view,
+                           ray_service=self.service and self.service.ray_address,
+                           service_ui=self.service and self.service.ui_url)
         if ranked:
             best = ranked[0]
             result.best_trial, result.best_value, result.best_config = best.trial, best.value, best.config
@@ -275,6 +301,24 @@ def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool, searcher) -> 
     if spent is None:  # a resumed job: Tune restored its own searcher
         spent = " or ".join(f"{k} {v:g}" for k, v in budget.model_dump().items() if v is not None)
     return f"spent: {spent}; {ran} of {spec.search.num_samples} trials started"
+
+
+def _service(spec: JobSpec, output_root: Path) -> Service | None:
+    """The `tuner up` service a job attaches to: the one up for its output folder, unless the spec or
+    $RAY_ADDRESS names a Ray cluster or the job runs inside one (tuner submit)."""
+    if spec.ray.address is not None or os.environ.get("RAY_ADDRESS") or in_ray_job():
+        return None
+    return running(output_root)
+
+
+def _enter(stack: contextlib.ExitStack, context) -> BaseException | None:
+    """Enter ``context`` on ``stack``; what it raised, if it did, to be raised once the parent run
+    exists (it then ends FAILED with the reason)."""
+    try:
+        stack.enter_context(context)
+    except BaseException as exc:  # noqa: BLE001 - raised again by the caller
+        return exc
+    return None
 
 
 def _max_t(spec: JobSpec) -> int | None:

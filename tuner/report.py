@@ -7,7 +7,9 @@ MLflow's artifact view and next to the job's local output.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 from tuner.spec import JobSpec
 from tuner.tracking.names import RankedTrial, trial_run_name
 
+log = logging.getLogger(__name__)
 
 SAMPLED = "_sampled"  # a row's keys the trial sampled (a conditional one may be absent)
 
@@ -94,13 +97,37 @@ def write_report(spec: JobSpec, results, ranked: list[RankedTrial], statuses: Ma
     return written
 
 
-def _plots(study, folder: Path) -> list[Path]:
+def import_in_background() -> threading.Thread:
+    """Import what the plots need in a thread, while the trials run: matplotlib, and Optuna's plots
+    and importance code, which brings scikit-learn (about 3 s on 2 cores, BENCHMARKS.md section 8).
+    The job's end then only draws. A failed import is left for `_plots` to meet and raise."""
+
+    def imports() -> None:
+        try:
+            _plot_modules()
+        except ImportError as exc:
+            log.debug("the report's imports failed in the background (%s); the report will raise it", exc)
+
+    thread = threading.Thread(target=imports, name="tuner-report-imports", daemon=True)
+    thread.start()
+    return thread
+
+
+def _plot_modules():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
+    from optuna.importance import FanovaImportanceEvaluator  # noqa: F401 - the slow one: scikit-learn
     from optuna.visualization import matplotlib as ovm
+
+    return plt, ovm
+
+
+def _plots(study, folder: Path) -> list[Path]:
+    import optuna
+
+    plt, ovm = _plot_modules()
 
     plots = {"optimization_history.png": ovm.plot_optimization_history,
              "parallel_coordinate.png": ovm.plot_parallel_coordinate}
