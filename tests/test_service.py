@@ -1,0 +1,112 @@
+"""`tuner up` / `tuner down`: a local Ray head and the MLflow UI kept between jobs, and jobs that attach.
+
+The end-to-end test starts real processes (`ray start --head`, `mlflow ui`) in their own process
+groups through the CLI and checks `tuner down` leaves none of them; the rest run without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DATA, free_port
+from tuner.errors import UserError
+from tuner.service import RAY_MARKER, STATE_FILE, running
+
+CLI = [sys.executable, "-m", "tuner.cli"]
+USER_CODE = DATA / "user_trainables"
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def _tuner(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_up_run_attaches_down_stops_everything(tmp_path):
+    if RAY_MARKER.exists():
+        pytest.skip(f"{RAY_MARKER} names another Ray cluster on this machine")
+    root, port = tmp_path / "runs", free_port()
+    (tmp_path / "job.yaml").write_text(
+        f"name: warm-job\ntrainable: toy_trainable:train\ncode_dir: {USER_CODE}\nmetric: score\nmode: min\n"
+        "search: {algorithm: tpe, num_samples: 3, max_concurrent: 2, space: {x: {uniform: [0, 1]}}}\n"
+        "fixed: {epochs: 2}\nensemble: {top_k: 0}\n")
+    started = _tuner("up", "--output-dir", str(root), "--ui-port", str(port), "--num-cpus", "2", cwd=tmp_path)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        state = json.loads((root / STATE_FILE).read_text())
+        assert started.stdout.startswith(f"up: Ray head at {state['ray_address']}, MLflow UI at http://127.0.0.1:{port}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.status == 200
+        again = _tuner("up", "--output-dir", str(root), "--ui-port", str(port), cwd=tmp_path)
+        assert again.returncode == 0 and again.stdout.startswith("already up (since ")
+        assert json.loads((root / STATE_FILE).read_text()) == state  # nothing new was started
+
+        job = _tuner("run", "job.yaml", "--output-dir", str(root), cwd=tmp_path)
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert "warm-job: 3 trials: 3 finished" in job.stdout
+        assert f"Ray: the local service's head at {state['ray_address']}" in job.stdout
+        assert f"MLflow UI: http://127.0.0.1:{port}/#/experiments/" in job.stdout  # the service's UI, no hint
+        # The head outlived the job: a second job attaches to the same one.
+        assert running(root) is not None
+    finally:
+        stopped = _tuner("down", "--output-dir", str(root), cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert stopped.stdout.startswith(f"stopped: Ray head at {state['ray_address']}")
+    assert not (root / STATE_FILE).exists() and not RAY_MARKER.exists()
+    for pgid in (state["ray_pgid"], state["ui_pgid"]):
+        leftovers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pgid]
+        assert leftovers == [], f"process group {pgid} left {leftovers}"
+    with socket.socket() as s:  # the UI's port is free again
+        s.bind(("127.0.0.1", port))
+    nothing = _tuner("down", "--output-dir", str(root), cwd=tmp_path)
+    assert nothing.returncode == 0 and nothing.stdout.startswith("nothing is up for")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid) if _alive(pid) else None
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+
+
+def test_up_refuses_a_taken_ui_port_and_starts_nothing(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _tuner("up", "--output-dir", str(tmp_path), "--ui-port", str(port), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: --ui-port {port}: already in use on 127.0.0.1; pick another or --no-ui"
+    assert not (tmp_path / STATE_FILE).exists() and not (tmp_path / "service").exists()
+
+
+def test_a_service_file_whose_processes_are_gone_is_not_attached_to(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process id no process holds now
+    (tmp_path / STATE_FILE).write_text(json.dumps({
+        "ray_address": f"127.0.0.1:{free_port()}", "ray_pgid": dead.pid, "ui_url": None, "ui_pgid": None,
+        "started": "2026-11-25 00:00:00", "from_a_newer_tuner": 1}))
+    assert running(tmp_path) is None
+    proc = _tuner("down", "--output-dir", str(tmp_path), cwd=tmp_path, timeout=120)  # cleans up, kills nothing
+    assert proc.returncode == 0 and proc.stdout.startswith("stopped: Ray head at")
+    assert not (tmp_path / STATE_FILE).exists()
+
+
+def test_a_garbled_service_file_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / STATE_FILE).write_text("{not json")
+    with pytest.raises(UserError, match=r"service.json: not a service description"):
+        running(tmp_path)
+    proc = _tuner("down", "--output-dir", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not a service description" in proc.stderr and (tmp_path / STATE_FILE).exists()  # kept for the user
