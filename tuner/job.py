@@ -121,13 +121,13 @@ class Job:
             ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
             parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
             with self._parent_fails_with_the_job():
-                if ray_failed is not None:
-                    raise ray_failed
                 self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
                                         experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
                                         study_storage=redact(self.study[0]), study_name=self.study[1],
                                         status="running")
                 self._open_tracking()
+                if ray_failed is not None:
+                    raise ray_failed
                 if self.warm_start:
                     seed_study(self.spec, *self.study, self.warm_start)
                 made = factories(self.spec)

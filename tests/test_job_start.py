@@ -1,0 +1,72 @@
+"""How a job starts: MLflow's parent run is made while Ray starts (tuner.job.Job.fit), and either
+failing is told the way it was when they ran one after the other. Ray is replaced by a stand-in
+session here; the real one runs in every other job test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import DATA
+from tuner import job as job_module
+from tuner.errors import UserError
+from tuner.job import JobFailed
+from tuner.run import run_job
+from tuner.spec import spec_from_mapping
+
+
+def _spec(tracking_uri: str):
+    return spec_from_mapping({
+        "name": "starts", "trainable": "toy_trainable:train", "code_dir": str(DATA / "user_trainables"),
+        "metric": "score", "mode": "min", "search": {"num_samples": 1, "space": {"x": {"uniform": [0, 1]}}},
+        "ensemble": {"top_k": 0}, "mlflow": {"tracking_uri": tracking_uri}})
+
+
+class StandInRay:
+    """A Ray session that records its start and end, or fails to start."""
+
+    def __init__(self, fails: BaseException | None = None) -> None:
+        self.fails, self.entered, self.exited = fails, 0, 0
+
+    @contextlib.contextmanager
+    def __call__(self, spec, folder, *, verbose, service=None):
+        self.entered += 1
+        if self.fails is not None:
+            raise self.fails
+        try:
+            yield
+        finally:
+            self.exited += 1
+
+
+def test_ray_failing_to_start_fails_the_job_with_the_reason_on_its_parent_run(tmp_path, monkeypatch):
+    ray = StandInRay(fails=ConnectionError("no Ray cluster answers at 10.9.9.9:6379"))
+    monkeypatch.setattr(job_module, "ray_session", ray)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(JobFailed, match=r"the job failed: ConnectionError: no Ray cluster answers at 10\.9\.9\.9:6379"):
+        run_job(_spec(store), output_root=tmp_path / "runs")
+    assert ray.entered == 1
+    (folder,) = (tmp_path / "runs" / "starts").iterdir()
+    state = json.loads((folder / "job.json").read_text())
+    parent = MlflowClient(store).get_run(state["parent_run_id"])  # the parent run was made meanwhile, then failed
+    assert parent.info.status == "FAILED"
+    assert "no Ray cluster answers" in parent.data.tags["error"]
+    assert state["status"] == "failed"
+
+
+def test_a_store_that_refuses_the_job_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    ray = StandInRay()
+    monkeypatch.setattr(job_module, "ray_session", ray)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(UserError) as raised:
+        run_job(_spec(f"http://127.0.0.1:{closed}"), output_root=tmp_path / "runs")
+    assert not isinstance(raised.value, JobFailed)  # no parent run exists to fail
+    assert f"127.0.0.1:{closed}" in str(raised.value) and "\n" not in str(raised.value)
+    assert (ray.entered, ray.exited) == (1, 1)  # Ray started beside the store and was stopped
+    assert list((tmp_path / "runs" / "starts").iterdir()) == []  # no run folder left
