@@ -139,13 +139,11 @@ class RunFolder:
                         f"that URI with the password, or use MLFLOW_TRACKING_USERNAME/PASSWORD")
 
 
-def write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """Write, fsync, rename, fsync the folder: after a crash or power loss the file is the old one or
-    the new one, never empty or half-written. ``mode``: the new file's permissions (less the umask)."""
+    the new one, never empty or half-written."""
     tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # a crashed write's leftover would keep its own mode
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+    with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

@@ -62,7 +62,8 @@ def running(output_root: Path) -> Service | None:
     try:
         service = _read(state)
     except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{state}: not a service description ({describe(exc)}); stop what it names by hand and remove the file") from None
+        raise UserError(f"{state}: not a service description ({describe(exc)}); stop what it names by hand "
+                        f"and remove the file") from None
     host, port = service.ray_address.rsplit(":", 1)
     if not (_ours(service.ray_pgid, "ray") and _answers(host, int(port))):
         return None
@@ -77,7 +78,7 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
        ui_port: int | None = 5000) -> tuple[Service, bool]:
     """Start the service for ``output_root`` (or find it up); (service, started now)."""
     output_root.mkdir(parents=True, exist_ok=True)
-    with _service_lock(output_root, "tuner up"):
+    with _service_lock(output_root):
         found = running(output_root)
         if found is not None:
             return found, False
@@ -113,7 +114,7 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
 
 def down(output_root: Path) -> Service | None:
     """Stop the service of ``output_root``; what was stopped (None: nothing was up)."""
-    with _service_lock(output_root, "tuner down"):
+    with _service_lock(output_root):
         return _stop_leftovers(output_root)
 
 
@@ -121,7 +122,7 @@ def down(output_root: Path) -> Service | None:
 
 
 @contextlib.contextmanager
-def _service_lock(output_root: Path, command: str) -> Iterator[None]:
+def _service_lock(output_root: Path) -> Iterator[None]:
     lock = FileLock(output_root / "service.lock", timeout=0)
     try:
         lock.acquire()
