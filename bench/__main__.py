@@ -3,8 +3,8 @@
 import importlib
 import sys
 
-ALL = ["startup", "loop", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain",
-       "search_features"]
+ALL = ["cold", "concurrency", "startup", "loop", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain",
+       "search_features", "gpu"]
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ALL:
