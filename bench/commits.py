@@ -11,6 +11,7 @@ of ideal work), a new SQLite MLflow store per run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -30,6 +31,23 @@ ensemble: {{top_k: 0}}
 """
 
 
+CHECK = """import sys, tuner.cli, tuner.run
+outside = sorted(m.__name__ for m in list(sys.modules.values())
+                 if m.__name__.split(".")[0] in ("tuner", "trainables", "search_spaces")
+                 and not (getattr(m, "__file__", None) or "").startswith(sys.argv[1]))
+sys.exit(f"modules from outside the tree: {outside}" if outside else 0)
+"""
+
+
+def check_tree(tree: Path) -> None:
+    """Refuse a commit whose imports reach outside its worktree: the editable install supplies a module
+    a commit lacks from this checkout (seen: a commit that imported a module added one commit later)."""
+    done = subprocess.run([sys.executable, "-c", CHECK, str(tree)], cwd=tree, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tree)})
+    if done.returncode != 0:
+        raise SystemExit(f"{tree.name}: {done.stderr.strip().splitlines()[-1]}")
+
+
 def run_once(tree: Path) -> float:
     return time_tuner_run(JOB.format(code=tree / "bench"), tree)
 
@@ -47,6 +65,7 @@ def main(argv: list[str]) -> None:
             trees[sha] = Path(base) / sha
             subprocess.run(["git", "worktree", "add", "--detach", str(trees[sha]), sha], cwd=ROOT, check=True,
                            capture_output=True)
+            check_tree(trees[sha])
         try:
             walls: dict[str, list[float]] = {sha: [] for sha in trees}
             shas = list(trees)
