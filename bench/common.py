@@ -99,20 +99,27 @@ def machine_cpu_s() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def time_tuner_run(spec_text: str, code: Path = ROOT) -> float:
-    """Wall seconds of one whole `tuner run` of a spec, in a fresh process, with ``code`` first on the
-    path (the driver's and, through PYTHONPATH, the workers'): what a user times."""
+def tuner_run(spec: Path, output_dir: Path, code: Path = ROOT) -> float:
+    """Wall seconds of one whole `tuner run` of ``spec`` (checks skipped), in a fresh process started
+    in the spec's folder, with ``code`` first on the path (the driver's and, through PYTHONPATH, the
+    workers'): what a user times. Raises with the command's output when it fails."""
     import subprocess
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", str(output_dir),
+                           "--skip-checks"], cwd=spec.parent, env={**os.environ, "PYTHONPATH": str(code)},
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{spec} ({code}): {done.stdout[-1500:]}{done.stderr[-1500:]}")
+    return wall
+
+
+def time_tuner_run(spec_text: str, code: Path = ROOT) -> float:
+    """`tuner_run` of a spec's text, in a temporary folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "job.yaml"
         spec.write_text(spec_text)
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
-                               "--skip-checks"], cwd=tmp, env={**os.environ, "PYTHONPATH": str(code)},
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{code}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
-    return wall
+        return tuner_run(spec, Path(tmp) / "out", code)

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import ROOT, USER_CODE, save, table
+from bench.common import USER_CODE, save, table, tuner_run
 
 TRIALS, EPOCHS, EPOCH_S = 16, 20, 0.05
 JOB = """name: sleepy
@@ -41,13 +38,7 @@ def run_level(k: int) -> dict:
         spec = Path(tmp) / "job.yaml"
         spec.write_text(JOB.format(code=USER_CODE, trials=TRIALS, k=k, cpu=round(2 / k, 4), epochs=EPOCHS,
                                    epoch_s=EPOCH_S))
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
-                               "--skip-checks"], cwd=tmp, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wall = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"k={k}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+        wall = tuner_run(spec, Path(tmp) / "out")
         journal = next(Path(tmp).glob("out/sleepy/*/tracking/events.jsonl"))
         events = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
     times = [e["time"] / 1000 for e in events if e["op"] in ("metrics", "trial_end")]

@@ -11,16 +11,14 @@ prints one line and writes nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from bench.common import MNIST, ROOT, save, table
+from bench.common import MNIST, save, table, tuner_run
 
 JOB = """name: gpu-{packing}-{amp}
 model: cnn
@@ -67,13 +65,7 @@ def run_arm(packing: int, amp: bool, epochs: int) -> dict:
         spec.write_text(JOB.format(packing=packing, amp=str(amp).lower(), mnist=MNIST, trials=trials, epochs=epochs,
                                    gpu=1 / packing))
         with GpuSampler() as gpu:
-            started = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", f"{tmp}/out",
-                                   "--skip-checks"], cwd=tmp, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
-            wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"packing {packing}, amp {amp}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
+            wall = tuner_run(spec, Path(tmp) / "out")
     utils = [u for u, _ in gpu.samples]
     return {"trials_per_gpu": packing, "amp": amp, "trials": trials, "wall_s": wall,
             "trials_per_hour": trials * 3600 / wall, "gpu_util_mean": statistics.mean(utils) if utils else None,

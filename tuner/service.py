@@ -56,20 +56,15 @@ class Service:
 
 def running(output_root: Path) -> Service | None:
     """The service `tuner up` left for ``output_root``, if its Ray head still answers."""
-    state = output_root / STATE_FILE
-    if not state.exists():
+    service = _described(output_root)
+    if service is None:
         return None
-    try:
-        service = _read(state)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{state}: not a service description ({describe(exc)}); stop what it names by hand "
-                        f"and remove the file") from None
     host, port = service.ray_address.rsplit(":", 1)
     if not (_ours(service.ray_pgid, "ray") and _answers(host, int(port))):
         return None
     if not _current_cluster_port() == port:
         log.warning("%s: the service's Ray head is up but another `ray start` has become this machine's "
-                    "current cluster; jobs start their own Ray until `tuner down` and `tuner up`", state)
+                    "current cluster; jobs start their own Ray until `tuner down` and `tuner up`", output_root)
         return None
     return service
 
@@ -136,25 +131,28 @@ def _service_lock(output_root: Path) -> Iterator[None]:
 
 def _stop_leftovers(output_root: Path) -> Service | None:
     """Stop what a service description names (alive or not) and remove the description."""
-    state = output_root / STATE_FILE
-    if not state.exists():
+    service = _described(output_root)
+    if service is None:
         return None
-    try:
-        service = _read(state)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{state}: not a service description ({describe(exc)}); stop its processes by hand "
-                        f"and remove it") from None
     _stop_groups([(service.ray_pgid, "ray"), *([(service.ui_pgid, "mlflow")] if service.ui_pgid else [])])
     if _current_cluster_port() == service.ray_address.rsplit(":", 1)[1]:  # another cluster's file stays
         RAY_MARKER.unlink(missing_ok=True)
-    state.unlink(missing_ok=True)
+    (output_root / STATE_FILE).unlink(missing_ok=True)
     return service
 
 
-def _read(state: Path) -> Service:
-    """A service description; keys this version does not know are ignored (an older or newer tuner's)."""
+def _described(output_root: Path) -> Service | None:
+    """The service ``<output_root>/service.json`` describes, None without one; keys this version does
+    not know are ignored (an older or newer tuner's)."""
+    state = output_root / STATE_FILE
+    if not state.exists():
+        return None
     known = {f.name for f in fields(Service)}
-    return Service(**{k: v for k, v in json.loads(state.read_text()).items() if k in known})
+    try:
+        return Service(**{k: v for k, v in json.loads(state.read_text()).items() if k in known})
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{state}: not a service description ({describe(exc)}); stop what it names by hand "
+                        f"and remove the file") from None
 
 
 def _spawn(command: list[str], log: Path) -> subprocess.Popen:
