@@ -110,3 +110,23 @@ def test_a_garbled_service_file_is_one_line_and_exit_2(tmp_path):
     proc = _tuner("down", "--output-dir", str(tmp_path), cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "not a service description" in proc.stderr and (tmp_path / STATE_FILE).exists()  # kept for the user
+
+
+def test_down_refuses_while_a_job_runs_in_the_folder_unless_forced(tmp_path):
+    from tuner.folders import run_folder_lock
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / STATE_FILE).write_text(json.dumps({
+        "ray_address": f"127.0.0.1:{free_port()}", "ray_pgid": dead.pid, "ui_url": None, "ui_pgid": None,
+        "started": "2026-11-25 00:00:00"}))
+    folder = tmp_path / "some-job" / "20261125-000000"
+    folder.mkdir(parents=True)
+    with run_folder_lock(folder, "tuner run some-job"):  # a job running in this output folder
+        refused = _tuner("down", "--output-dir", str(tmp_path), cwd=tmp_path, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+        assert "1 job(s) running here" in refused.stderr and "`tuner run some-job` (pid " in refused.stderr
+        assert (tmp_path / STATE_FILE).exists()  # nothing stopped
+        forced = _tuner("down", "--output-dir", str(tmp_path), "--force", cwd=tmp_path, timeout=120)
+        assert forced.returncode == 0 and forced.stdout.startswith("stopped: Ray head at")
+    assert not (tmp_path / STATE_FILE).exists()

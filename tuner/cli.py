@@ -361,11 +361,12 @@ def up(output_dir: Path = OutputOption,
 
 @app.command()
 @_user_errors
-def down(output_dir: Path = OutputOption) -> None:
-    """Stop what `tuner up` started for this output folder."""
+def down(output_dir: Path = OutputOption,
+         force: bool = typer.Option(False, "--force", help="Stop it even while jobs run on it (they fail).")) -> None:
+    """Stop what `tuner up` started for this output folder (refused while a job runs there)."""
     from tuner.service import down as stop
 
-    service = stop(output_dir)
+    service = stop(output_dir, force=force)
     out.print(f"stopped: Ray head at {service.ray_address}" + (f", MLflow UI at {service.ui_url}" if service.ui_url
               else "") if service else f"nothing is up for {output_dir}")
 

@@ -61,6 +61,20 @@ def run_folder_lock(folder: Path, command: str) -> Iterator[None]:
         lock.release()
 
 
+def busy_folders(output_root: Path) -> list[str]:
+    """Who holds the run folders under ``output_root`` now: one `_holder` description a held lock."""
+    held = []
+    for lock_file in sorted(output_root.glob(f"*/*/{LOCK_FILE}")):
+        lock = FileLock(lock_file, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            held.append(_holder(lock_file.parent))
+        else:
+            lock.release()
+    return held
+
+
 def _holder(folder: Path) -> str:
     try:
         info = json.loads((folder / HOLDER_FILE).read_text())

@@ -35,7 +35,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from tuner.errors import UserError, describe
-from tuner.folders import Busy, embedded_store, write_atomically
+from tuner.folders import Busy, busy_folders, embedded_store, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,17 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
         return service, True
 
 
-def down(output_root: Path) -> Service | None:
-    """Stop the service of ``output_root``; what was stopped (None: nothing was up)."""
+def down(output_root: Path, *, force: bool = False) -> Service | None:
+    """Stop the service of ``output_root``; what was stopped (None: nothing was up). A job attached to
+    its Ray head would die with it (Ray's driver aborts a minute after its GCS goes, leaving the parent
+    run RUNNING), so a running job in ``output_root`` is a refusal unless ``force``."""
     with _service_lock(output_root):
+        if _described(output_root) is not None and not force:
+            running_jobs = busy_folders(output_root)
+            if running_jobs:
+                raise UserError(f"{output_root}: {len(running_jobs)} job(s) running here, which a stopped Ray "
+                                f"would kill: {'; '.join(running_jobs)}; let them end or stop them first "
+                                f"(--force stops the service anyway)")
         return _stop_leftovers(output_root)
 
 
