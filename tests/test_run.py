@@ -133,19 +133,3 @@ def test_ensemble_model_and_export_train_reproduce(ray_session, tmp_path):
     train = subprocess.run([*cli, "train", str(best)], capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
     assert train.stdout.strip().splitlines()[-1] == f"best val_loss={result.best_value!r}"
-
-
-def test_user_trainable_outside_the_project_via_the_cli(tmp_path):
-    """`tuner run` with a user's module next to the spec: shipped to Ray's workers, run unchanged."""
-    (tmp_path / "my_model.py").write_text((USER_CODE / "toy_trainable.py").read_text())
-    (tmp_path / "job.yaml").write_text(
-        "name: user-job\ntrainable: my_model:train\nmetric: score\nmode: min\n"
-        "search: {algorithm: tpe, num_samples: 2, space: {x: {uniform: [0, 1]}}}\n"
-        "fixed: {epochs: 3}\nensemble: {top_k: 0}\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "user-job: 2 trials: 2 finished" in proc.stdout
-    assert "\x1b[" not in proc.stdout  # a pipe gets no escape codes
-    assert "best trial: trial-00" in proc.stdout

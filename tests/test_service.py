@@ -1,7 +1,8 @@
 """`tuner up` / `tuner down`: a local Ray head and the MLflow UI kept between jobs, and jobs that attach.
 
 The end-to-end test starts real processes (`ray start --head`, `mlflow ui`) in their own process
-groups through the CLI and checks `tuner down` leaves none of them; the rest run without Ray.
+groups through the CLI, runs a user's trainable that lives next to its spec through `tuner run`
+(attached), and checks `tuner down` leaves none of them; the rest run without Ray.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-def _tuner(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def _tuner(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.mark.slow
@@ -37,8 +38,11 @@ def test_up_run_attaches_down_stops_everything(tmp_path):
     if RAY_MARKER.exists():
         pytest.skip(f"{RAY_MARKER} names another Ray cluster on this machine")
     root, port = tmp_path / "runs", free_port()
+    # The user's module next to the spec, nothing on PYTHONPATH: the head's workers (started by its
+    # raylet, not by this driver) get the code folder only through the job's runtime_env.
+    (tmp_path / "my_model.py").write_text((USER_CODE / "toy_trainable.py").read_text())
     (tmp_path / "job.yaml").write_text(
-        f"name: warm-job\ntrainable: toy_trainable:train\ncode_dir: {USER_CODE}\nmetric: score\nmode: min\n"
+        "name: warm-job\ntrainable: my_model:train\nmetric: score\nmode: min\n"
         "search: {algorithm: tpe, num_samples: 3, max_concurrent: 2, space: {x: {uniform: [0, 1]}}}\n"
         "fixed: {epochs: 2}\nensemble: {top_k: 0}\n")
     started = _tuner("up", "--output-dir", str(root), "--ui-port", str(port), "--num-cpus", "2", cwd=tmp_path)
@@ -52,9 +56,12 @@ def test_up_run_attaches_down_stops_everything(tmp_path):
         assert again.returncode == 0 and again.stdout.startswith("already up (since ")
         assert json.loads((root / STATE_FILE).read_text()) == state  # nothing new was started
 
-        job = _tuner("run", "job.yaml", "--output-dir", str(root), cwd=tmp_path)
+        job = _tuner("run", "job.yaml", "--output-dir", str(root), cwd=tmp_path,
+                     env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         assert job.returncode == 0, job.stdout + job.stderr
         assert "warm-job: 3 trials: 3 finished" in job.stdout
+        assert "best trial: trial-00" in job.stdout
+        assert "\x1b[" not in job.stdout  # a pipe gets no escape codes
         assert f"Ray: the local service's head at {state['ray_address']}" in job.stdout
         assert f"MLflow UI: http://127.0.0.1:{port}/#/experiments/" in job.stdout  # the service's UI, no hint
         # The head outlived the job: a second job attaches to the same one.
