@@ -74,7 +74,8 @@ def test_up_run_attaches_down_stops_everything(tmp_path):
     for pgid in (state["ray_pgid"], state["ui_pgid"]):
         leftovers = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pgid]
         assert leftovers == [], f"process group {pgid} left {leftovers}"
-    with socket.socket() as s:  # the UI's port is free again
+    with socket.socket() as s:  # the UI's port is free again for a server (TIME_WAIT left by its last replies aside)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
     nothing = _tuner("down", "--output-dir", str(root), cwd=tmp_path)
     assert nothing.returncode == 0 and nothing.stdout.startswith("nothing is up for")

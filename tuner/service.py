@@ -239,7 +239,10 @@ def _healthy(url: str) -> bool:
 
 
 def _free(port: int) -> bool:
+    """Whether a server could listen on ``port``: with SO_REUSEADDR, as servers bind, so connections
+    a server just closed (TIME_WAIT, right after `tuner down`) do not count."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
