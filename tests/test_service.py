@@ -37,7 +37,9 @@ def _tuner(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None)
 def test_up_run_attaches_down_stops_everything(tmp_path):
     if RAY_MARKER.exists():
         pytest.skip(f"{RAY_MARKER} names another Ray cluster on this machine")
-    root, port = tmp_path / "runs", free_port()
+    # The UI's port from below the ephemeral range, where Ray picks its own ports at random (a UI port
+    # drawn from that range once went to one of the head's gRPC servers before the UI bound it).
+    root, port = tmp_path / "runs", _free_port_below_ephemeral()
     # The user's module next to the spec, nothing on PYTHONPATH: the head's workers (started by its
     # raylet, not by this driver) get the code folder only through the job's runtime_env.
     (tmp_path / "my_model.py").write_text((USER_CODE / "toy_trainable.py").read_text())
@@ -79,6 +81,17 @@ def test_up_run_attaches_down_stops_everything(tmp_path):
         s.bind(("127.0.0.1", port))
     nothing = _tuner("down", "--output-dir", str(root), cwd=tmp_path)
     assert nothing.returncode == 0 and nothing.stdout.startswith("nothing is up for")
+
+
+def _free_port_below_ephemeral() -> int:
+    for port in range(23000, 23500):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 23000-23499")
 
 
 def _pgid(pid: int) -> int | None:

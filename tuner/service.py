@@ -19,6 +19,7 @@ command `tuner up` started (a recycled process id is left alone).
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -103,6 +104,8 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
             write_atomically(output_root / STATE_FILE, json.dumps(asdict(service), indent=2))
         except BaseException:
             _stop_groups([(ray.pid, "ray"), *([(ui.pid, "mlflow")] if ui else [])])
+            if _current_cluster_port() == str(gcs_port):  # the stopped head's marker would mislead "auto"
+                RAY_MARKER.unlink(missing_ok=True)
             raise
         return service, True
 
@@ -233,7 +236,8 @@ def _answers(host: str, port: int) -> bool:
 
 
 def _healthy(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+    """Whether ``url`` answers 200; a port that speaks something else (BadStatusLine) is not healthy."""
+    with contextlib.suppress(OSError, http.client.HTTPException), urllib.request.urlopen(url, timeout=1) as response:
         return response.status == 200
     return False
 
