@@ -11,7 +11,7 @@ from torch import nn
 from trainables.checks import check_baseline, check_init_loss, check_overfit_batch, run_checks, sample_and_maker
 from trainables.data import load_dataset
 from trainables.models import cnn, mlp
-from trainables.train import Diverged, fit
+from trainables.train import EVAL_BATCH, Diverged, fit, outputs
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,19 @@ def test_same_config_and_seed_give_identical_metrics(digits):
     assert metrics(first) == metrics(second)
     assert metrics(_history({**config, "seed": 8}, digits)) != metrics(first)
     assert all(m["num_params"] > 0 and m["epoch_time_s"] > 0 for m, _ in first)
+
+
+@pytest.mark.parametrize("wrap", [lambda x, y: torch.utils.data.TensorDataset(x, y), lambda x, y: list(zip(x, y))],
+                         ids=["tensors", "any dataset"])
+def test_outputs_cover_every_example_past_one_eval_batch(wrap):
+    """Validation scores, the ensemble's test score and the served model's predictions all come from
+    here: every example, in order (the first EVAL_BATCH only, before a fix)."""
+    n = 2 * EVAL_BATCH + 5
+    x, y = torch.arange(n, dtype=torch.float32).reshape(n, 1), torch.arange(n) % 3
+    net = nn.Linear(1, 3)
+    out, targets = outputs(net, wrap(x, y), "classification")
+    assert out.shape == (n, 3) and torch.equal(targets, y)
+    assert torch.allclose(out, torch.softmax(net(x), dim=1))
 
 
 def test_reports_every_epoch_with_the_named_metrics(digits):

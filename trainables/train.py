@@ -137,8 +137,8 @@ def outputs(model: nn.Module, dataset, task: str, device: torch.device | None = 
     model.eval()
     device = device or next(model.parameters()).device
     if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors
-        chunks = ((x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH))
+        inputs, labels = dataset.tensors  # names of their own: the generator reads them lazily, after the loop's x, y
+        chunks = ((inputs[i : i + EVAL_BATCH], labels[i : i + EVAL_BATCH]) for i in range(0, len(inputs), EVAL_BATCH))
     else:
         chunks = iter(DataLoader(dataset, batch_size=EVAL_BATCH))
     outs, ys = [], []
