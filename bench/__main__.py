@@ -4,7 +4,7 @@ import importlib
 import sys
 
 ALL = ["cold", "concurrency", "startup", "loop", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain",
-       "search_features", "gpu"]
+       "search_features", "peers", "suggest_scale", "gpu"]
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or ALL:
