@@ -366,9 +366,15 @@ def down(output_dir: Path = OutputOption,
     """Stop what `tuner up` started for this output folder (refused while a job runs there)."""
     from tuner.service import down as stop
 
-    service = stop(output_dir, force=force)
-    out.print(f"stopped: Ray head at {service.ray_address}" + (f", MLflow UI at {service.ui_url}" if service.ui_url
-              else "") if service else f"nothing is up for {output_dir}")
+    service, ran = stop(output_dir, force=force)
+    if service is None:
+        out.print(f"nothing is up for {output_dir}")
+    elif not ran:
+        out.print(f"nothing was running: the service of {output_dir} (Ray head at {service.ray_address}) had "
+                  f"already ended; removed its {output_dir / 'service.json'}")
+    else:
+        out.print(f"stopped: Ray head at {service.ray_address}"
+                  + (f", MLflow UI at {service.ui_url}" if service.ui_url else ""))
 
 
 @app.command()

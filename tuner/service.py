@@ -110,8 +110,9 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
         return service, True
 
 
-def down(output_root: Path, *, force: bool = False) -> Service | None:
-    """Stop the service of ``output_root``; what was stopped (None: nothing was up). A job attached to
+def down(output_root: Path, *, force: bool = False) -> tuple[Service | None, bool]:
+    """Stop the service of ``output_root``: (its description, None without one; whether any of its
+    processes still ran, False when they had ended and only the file was left). A job attached to
     its Ray head would die with it (Ray's driver aborts a minute after its GCS goes, leaving the parent
     run RUNNING), so a running job in ``output_root`` is a refusal unless ``force``."""
     with _service_lock(output_root):
@@ -140,16 +141,17 @@ def _service_lock(output_root: Path) -> Iterator[None]:
         lock.release()
 
 
-def _stop_leftovers(output_root: Path) -> Service | None:
-    """Stop what a service description names (alive or not) and remove the description."""
+def _stop_leftovers(output_root: Path) -> tuple[Service | None, bool]:
+    """Stop what a service description names (alive or not) and remove the description; (the
+    description, whether a process of it still ran)."""
     service = _described(output_root)
     if service is None:
-        return None
-    _stop_groups([(service.ray_pgid, "ray"), *([(service.ui_pgid, "mlflow")] if service.ui_pgid else [])])
+        return None, False
+    ran = _stop_groups([(service.ray_pgid, "ray"), *([(service.ui_pgid, "mlflow")] if service.ui_pgid else [])])
     if _current_cluster_port() == service.ray_address.rsplit(":", 1)[1]:  # another cluster's file stays
         RAY_MARKER.unlink(missing_ok=True)
     (output_root / STATE_FILE).unlink(missing_ok=True)
-    return service
+    return service, ran
 
 
 def _described(output_root: Path) -> Service | None:
@@ -199,10 +201,12 @@ def _ours(pgid: int, word: str) -> bool:
         return False
 
 
-def _stop_groups(groups: list[tuple[int, str]]) -> None:
+def _stop_groups(groups: list[tuple[int, str]]) -> bool:
     """SIGTERM each process group (pgid, the word its leader's command line holds), SIGKILL what is
-    left of them after STOP_GRACE_S; a group whose leader is not ours any more is left alone."""
+    left of them after STOP_GRACE_S; a group whose leader is not ours any more is left alone. Whether
+    any group was ours and alive."""
     alive = [pgid for pgid, word in groups if _ours(pgid, word)]
+    found = bool(alive)
     for pgid in alive:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
@@ -219,6 +223,7 @@ def _stop_groups(groups: list[tuple[int, str]]) -> None:
     deadline = time.monotonic() + STOP_GRACE_S  # SIGKILL is not instant: `tuner down` returns once they are gone
     while any(_group_alive(pgid) for pgid in alive) and time.monotonic() < deadline:
         time.sleep(0.1)
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
