@@ -139,8 +139,17 @@ class Job:
                     self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
                     results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
                                          searcher=self.searcher, verbose=verbose).fit()
-                ray.close()  # Ray's shutdown, before the report
-                return self.finish(results, made, stopped=stopped.is_set())
+                # Ray's shutdown takes a second or more (its GCS waits out SIGTERM); nothing after Tune
+                # needs Ray, so it runs beside the report and the ensemble, and the job waits for both.
+                shutdown = pool.submit(ray.close)
+                try:
+                    result = self.finish(results, made, stopped=stopped.is_set())
+                except BaseException:
+                    if shutdown.exception() is not None:  # the job's own error goes on; Ray's is told
+                        log.warning("Ray's shutdown failed as well: %s", describe(shutdown.exception()))
+                    raise
+                shutdown.result()
+                return result
 
     def resume(self, *, verbose: bool = False) -> JobResult:
         """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run.
