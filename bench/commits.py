@@ -16,9 +16,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from bench.common import ROOT, save, table, time_tuner_run
+from bench.cold import _phases
+from bench.common import ROOT, save, table, tuner_run
 
 JOB = """name: sleepy
 trainable: workloads:sleep_trainable
@@ -48,8 +50,14 @@ def check_tree(tree: Path) -> None:
         raise SystemExit(f"{tree.name}: {done.stderr.strip().splitlines()[-1]}")
 
 
-def run_once(tree: Path) -> float:
-    return time_tuner_run(JOB.format(code=tree / "bench"), tree)
+def run_once(tree: Path) -> dict[str, float]:
+    """One whole run: its wall seconds, start-up and time after the last trial (bench.cold's phases)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = Path(tmp) / "job.yaml"
+        spec.write_text(JOB.format(code=tree / "bench"))
+        started = time.time()
+        wall = tuner_run(spec, Path(tmp) / "out", tree)
+        return {"wall_s": wall, **_phases(Path(tmp) / "out", started, time.time())}
 
 
 def main(argv: list[str]) -> None:
@@ -67,18 +75,19 @@ def main(argv: list[str]) -> None:
                            capture_output=True)
             check_tree(trees[sha])
         try:
-            walls: dict[str, list[float]] = {sha: [] for sha in trees}
+            runs: dict[str, list[dict[str, float]]] = {sha: [] for sha in trees}
             shas = list(trees)
             for r in range(args.rounds):
                 for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
-                    walls[sha].append(run_once(trees[sha]))
+                    runs[sha].append(run_once(trees[sha]))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-    rows = [{"commit": sha, "wall_s": statistics.median(w), "runs": ", ".join(f"{x:.1f}" for x in w)}
-            for sha, w in walls.items()]
-    table(rows, ["commit", "wall_s", "runs"], f"`tuner run`, whole command, median of {args.rounds} (8 s ideal)")
-    save("commits-" + "-".join(walls), rows, revs=args.revs)  # a file per comparison
+    rows = [{"commit": sha, **{key: statistics.median(r[key] for r in rs) for key in rs[0]},
+             "runs": ", ".join(f"{r['wall_s']:.1f}" for r in rs)} for sha, rs in runs.items()]
+    table(rows, ["commit", "wall_s", "startup_s", "after_last_trial_s", "runs"],
+          f"`tuner run`, whole command, median of {args.rounds} (8 s ideal)")
+    save("commits-" + "-".join(runs), rows, revs=args.revs, every_run=runs)  # a file per comparison
 
 
 if __name__ == "__main__":
