@@ -55,7 +55,7 @@ def run_job(arm: str, seed: int, folder: Path) -> list[dict[str, float]]:
         command = [sys.executable, "-m", "bench.peers", "--one", arm, "--seed", str(seed), "--folder", str(folder),
                    "--trials", str(TRIALS), "--epochs", str(EPOCHS)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "BENCH_LAUNCHED": repr(started)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode != 0:
         raise RuntimeError(f"{arm}, seed {seed}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
     if arm in SERVICE:  # the service's journal: one "metrics" event per reported epoch, ms time stamps
