@@ -61,10 +61,11 @@ def wait_for_http(url: str, process: subprocess.Popen, *, what: str, timeout_s: 
 
 
 def stop(process: subprocess.Popen) -> None:
-    """Stop a process started with start_new_session=True, and its children, by its process group."""
+    """Stop a process started with start_new_session=True, and its children, by its process group:
+    SIGTERM, then SIGKILL after 5 s (a `ray start --block` head waits out SIGTERM far longer)."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+        process.wait(timeout=5)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

@@ -134,6 +134,14 @@ def server(postgres_db, tmp_path):
         server.stop()
 
 
-@pytest.fixture
-def mlflow_server(server):
-    return server.url
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The URL of an `mlflow server` on a PostgreSQL database, one per test module, for tests that only
+    talk to it (each checks its own parent run); `server` is a test's own, to stop and start."""
+    with postgres_database() as backend:
+        shared = MlflowServer(backend, tmp_path_factory.mktemp("artifacts"))
+        shared.start()
+        try:
+            yield shared.url
+        finally:
+            shared.stop()

@@ -261,7 +261,8 @@ print(repr(float((probs.argmax(1) == bunch.target[test]).mean())))
 @pytest.mark.slow
 def test_your_model_end_to_end_through_the_cli(tmp_path):
     """validate, run (3 trials), the ensemble loaded and served where the user's folder is unknown,
-    export and train, all from a fresh `tuner` process with no PYTHONPATH."""
+    export and train, all from a fresh `tuner` process with no PYTHONPATH. The run's output goes to a
+    file, as `tuner run ... > file` does: a short plain log (no escape codes) ending in the summary."""
     project = tmp_path / "project"
     shutil.copytree(USER_MODELS, project)
     (project / "job.yaml").write_text(json.dumps(_raw(search={
@@ -269,9 +270,18 @@ def test_your_model_end_to_end_through_the_cli(tmp_path):
                                                             "dropout": {"uniform": [0.0, 0.3]}}},
         ensemble={"top_k": 2})))
     env = _env_without_user_code()
-    run = subprocess.run([*CLI, "run", "job.yaml"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "own: 3 trials: 3 finished" in run.stdout and "ensemble of 2: test acc" in run.stdout
+    log = tmp_path / "run.log"
+    with open(log, "w") as handle:
+        code = subprocess.call([*CLI, "run", "job.yaml"], cwd=project, stdout=handle, stderr=subprocess.STDOUT,
+                               env={**env, "TERM": "xterm-256color"}, timeout=600)
+    text = log.read_text()
+    assert code == 0, text
+    lines = text.splitlines()
+    assert "\x1b" not in text and len(lines) <= 25, text
+    assert lines[0].startswith("[0:00] 0/3 trials done") and any("3/3 trials done" in line for line in lines), text
+    assert "own: 3 trials: 3 finished" in text and "top trials by val_loss" in text and "ensemble of 2: test acc" in text
+    assert "MLflow UI: http://127.0.0.1:5000/#/experiments/" in text
+    assert lines[-1].startswith("export: tuner export own -o best.yaml"), text
     uri = f"sqlite:///{project / 'tuner_runs' / 'mlflow.db'}"
     from tuner.export import find_parent_run
 

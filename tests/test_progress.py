@@ -1,17 +1,12 @@
-"""What a user sees: the live progress view, and a piped `tuner run` log that is short and plain."""
+"""What a user sees: the live progress view, and the plain lines of a piped run (a whole piped `tuner run` is\nchecked in tests/test_own_model.py::test_your_model_end_to_end_through_the_cli)."""
 
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
-import pytest
 from rich.console import Console
 
-from tests.conftest import EXAMPLES, ROOT
 from tuner.progress import ProgressCallback
 
 
@@ -71,26 +66,3 @@ def test_the_progress_callback_pickles_without_its_console():
     _drive(progress, ["finished"])
     copy = pickle.loads(pickle.dumps(progress))
     assert copy.counts == {"finished": 0, "stopped": 0, "failed": 0} and copy.console is not None
-
-
-@pytest.mark.slow
-def test_a_piped_four_trial_run_prints_a_short_plain_log_ending_in_the_summary(tmp_path):
-    """Issue 9's acceptance: the log of `tuner run ... > file` has no escape codes and ends in the summary."""
-    log = tmp_path / "run.log"
-    with open(log, "w") as handle:
-        code = subprocess.call(
-            [sys.executable, "-m", "tuner.cli", "run", str(EXAMPLES / "digits-mlp.yaml"), "--set",
-             "search.num_samples=4", "--set", "trial.epochs=3", "--set", "ensemble.top_k=2",
-             "--output-dir", str(tmp_path / "runs")],
-            stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "TERM": "xterm-256color"},
-            timeout=300)
-    text = log.read_text()
-    assert code == 0, text
-    assert "\x1b" not in text
-    lines = text.splitlines()
-    assert len(lines) <= 25, text
-    assert lines[0].startswith("[0:00] 0/4 trials done")
-    assert any("4/4 trials done" in line for line in lines)
-    assert "digits-mlp: 4 trials: 4 finished" in text and "top trials by val_loss" in text
-    assert "ensemble of 2: test acc" in text and "MLflow UI: http://127.0.0.1:5000/#/experiments/" in text
-    assert lines[-1].startswith("export: tuner export digits-mlp -o best.yaml")

@@ -116,16 +116,9 @@ def _trials(result) -> list[tuple]:
     return params
 
 
-def test_reproducible_search_repeats_configs_and_metrics_at_two_at_a_time(ray_session, tmp_path: Path):
-    # 12 trials: past TPE's 10 random start-up trials, so later suggestions depend on earlier results.
-    spec = small_spec(tmp_path, name="repro", trial={"epochs": 1}, search={
-        "num_samples": 12, "max_concurrent": 2, "seed": 5, "reproducible": True,
-        "space": {"lr": {"loguniform": [0.001, 0.3]}, "batch_size": {"randint": [16, 128]}}})
-    first, second = (run_job(spec, output_root=tmp_path / f"out{i}") for i in (1, 2))
-    assert _trials(first) == _trials(second) and len(_trials(first)) == 12
-
-
 def test_trials_ending_in_a_random_order_get_the_same_suggestions_when_reproducible(ray_session, tmp_path: Path):
+    """16 trials, 3 at a time, each lasting a random time: past TPE's 10 random start-up trials, so later
+    suggestions depend on which results came back first; run twice, the same configs and metrics."""
     from tests.conftest import DATA
 
     spec = spec_from_mapping({
