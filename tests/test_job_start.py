@@ -70,3 +70,17 @@ def test_a_store_that_refuses_the_job_is_one_line_and_leaves_nothing(tmp_path, m
     assert f"127.0.0.1:{closed}" in str(raised.value) and "\n" not in str(raised.value)
     assert (ray.entered, ray.exited) == (1, 1)  # Ray started beside the store and was stopped
     assert list((tmp_path / "runs" / "starts").iterdir()) == []  # no run folder left
+
+
+def test_a_store_that_refuses_while_ray_fails_too_names_both_in_one_line(tmp_path, monkeypatch):
+    ray = StandInRay(fails=ConnectionError("no Ray cluster answers at 10.9.9.9:6379"))
+    monkeypatch.setattr(job_module, "ray_session", ray)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(UserError) as raised:
+        run_job(_spec(f"http://127.0.0.1:{closed}"), output_root=tmp_path / "runs")
+    message = str(raised.value)
+    assert f"127.0.0.1:{closed}" in message and "\n" not in message
+    assert "Ray did not start either: ConnectionError: no Ray cluster answers at 10.9.9.9:6379" in message
+    assert list((tmp_path / "runs" / "starts").iterdir()) == []

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_sigterm
-from tuner.errors import NotFoundError, UserError, describe, redact, tracking_errors
+from tuner.errors import (NotFoundError, TrackingRefused, TrackingUnavailable, UserError, describe, redact,
+                          tracking_errors)
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
 from tuner.report import import_in_background
 from tuner.search import make_searcher
@@ -119,7 +120,12 @@ class Job:
             # MLflow's store and the parent run are made while Ray starts (both take seconds cold).
             parent = pool.submit(self._start_parent_run, checks or [])
             ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
-            parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
+            try:
+                parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
+            except (TrackingUnavailable, TrackingRefused) as refused:
+                if ray_failed is None:
+                    raise
+                raise type(refused)(f"{refused}; Ray did not start either: {describe(ray_failed)}") from ray_failed
             with self._parent_fails_with_the_job():
                 self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
                                         experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
