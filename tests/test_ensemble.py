@@ -100,3 +100,21 @@ def test_the_model_carries_the_top_level_modules_of_your_code_dir_only(tmp_path:
     paths = [Path(p).name for p in code_paths(spec)]
     assert paths == ["trainables", "ensemble_nets.py", "pkg"]
     assert [Path(p).name for p in code_paths(spec_from_mapping({"name": "c"}))] == ["trainables"]
+
+
+def test_the_served_model_answers_every_row_of_a_large_input_scaled_as_in_training():
+    """What `mlflow models serve` and `pyfunc.predict` return: one row per input row past one
+    evaluation batch (only the first 1,024 came back before a fix), the members' mean."""
+    import torch
+
+    from trainables.pyfunc import predict_members
+    from trainables.train import EVAL_BATCH
+
+    torch.manual_seed(0)
+    members = [torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)]
+    meta = {"task": "classification", "input_shape": [4], "output_dim": 3, "input_scaling": [1.0, 2.0]}
+    rows = np.random.default_rng(0).normal(size=(2 * EVAL_BATCH + 7, 4)).astype(np.float32)
+    got = predict_members(meta, members, rows)
+    x = torch.from_numpy((rows - 1.0) / 2.0)
+    expected = np.mean([torch.softmax(m(x), dim=1).detach().numpy() for m in members], axis=0)
+    assert got.shape == (len(rows), 3) and np.allclose(got, expected, atol=1e-6)
