@@ -67,13 +67,15 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
-    parser.add_argument("--compare", type=int, default=200, help="trials for the snapshot-period comparison")
+    parser.add_argument("--compare", type=int, default=200,
+                        help="trials for the snapshot-period comparison (0: none)")
     args = parser.parse_args(argv)
     start_ray()
-    rows = [run(args.trials, "1"), *(run(args.compare, period) for period in ("0", "1", "auto"))]
+    rows = [run(args.trials, "1"), *(run(args.compare, period) for period in ("0", "1", "auto") if args.compare)]
     table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "child_runs", "undelivered",
                  "suggest_ms_first_10", "suggest_ms_last_10"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
-    save("bookkeeping", rows)
+    # The default run keeps its file name; another size gets its own (bookkeeping-3000.json).
+    save("bookkeeping" if (args.trials, args.compare) == (1000, 200) else f"bookkeeping-{args.trials}", rows)
     return rows
 
 
