@@ -154,8 +154,11 @@ class Job:
                     if shutdown.exception() is not None:  # the job's own error goes on; Ray's is told
                         log.warning("Ray's shutdown failed as well: %s", describe(shutdown.exception()))
                     raise
-                shutdown.result()
-                return result
+            # The job's outcome is written (parent run, job.json, journal closed): Ray failing to shut
+            # down now is told, and does not turn a finished job into a failed one.
+            if shutdown.exception() is not None:
+                log.warning("Ray did not shut down cleanly: %s", describe(shutdown.exception()))
+            return result
 
     def resume(self, *, verbose: bool = False) -> JobResult:
         """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run.
