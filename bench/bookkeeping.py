@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = [run(args.trials, "1"), *(run(args.compare, period) for period in ("0", "1", "auto") if args.compare)]
     table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "child_runs", "undelivered",
                  "suggest_ms_first_10", "suggest_ms_last_10"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
-    # The default run keeps its file name; another size gets its own (bookkeeping-3000.json).
-    save("bookkeeping" if (args.trials, args.compare) == (1000, 200) else f"bookkeeping-{args.trials}", rows)
+    # The default run keeps its file name; another gets its own (bookkeeping-3000-compare-0.json).
+    default = (args.trials, args.compare) == (1000, 200)
+    save("bookkeeping" if default else f"bookkeeping-{args.trials}-compare-{args.compare}", rows)
     return rows
 
 

@@ -73,6 +73,8 @@ def _draw(rng, distribution) -> Any:
     if isinstance(distribution, od.CategoricalDistribution):
         return distribution.choices[int(rng.integers(len(distribution.choices)))]
     low, high = distribution.low, distribution.high
+    if isinstance(distribution, od.IntDistribution):
+        return int(rng.integers(low, high + 1))
     if distribution.log:
         return float(low * (high / low) ** rng.random())
     return float(rng.uniform(low, high))

@@ -1,7 +1,8 @@
 """A job against a real `mlflow server` on PostgreSQL (the production backend).
 
-The test creates and drops its own database; the server runs in its own process group on a free
-loopback port and is stopped by that group.
+Each server has a database of its own, created and dropped around it: one shared by the tests that
+only talk to it, one for each outage test (which stops and starts its server). A server runs in its
+own process group on a free loopback port and is stopped by that group.
 """
 
 from __future__ import annotations

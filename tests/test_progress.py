@@ -1,4 +1,5 @@
-"""What a user sees: the live progress view, and the plain lines of a piped run (a whole piped `tuner run` is\nchecked in tests/test_own_model.py::test_your_model_end_to_end_through_the_cli)."""
+"""What a user sees: the live progress view, and the plain lines of a piped run (a whole piped `tuner run` is
+checked in tests/test_own_model.py::test_your_model_end_to_end_through_the_cli)."""
 
 from __future__ import annotations
 
