@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import DATA, free_port
 from tuner.errors import UserError
-from tuner.service import RAY_MARKER, STATE_FILE, running
+from tuner.service import RAY_MARKER, STATE_FILE, _free, running
 
 CLI = [sys.executable, "-m", "tuner.cli"]
 USER_CODE = DATA / "user_trainables"
@@ -84,14 +84,10 @@ def test_up_run_attaches_down_stops_everything(tmp_path):
 
 
 def _free_port_below_ephemeral() -> int:
-    for port in range(23000, 23500):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 23000-23499")
+    port = next((p for p in range(23000, 23500) if _free(p)), None)  # `tuner up`'s own check of a UI port
+    if port is None:
+        raise RuntimeError("no free port in 23000-23499")
+    return port
 
 
 def _pgid(pid: int) -> int | None:

@@ -104,8 +104,7 @@ def up(output_root: Path, *, num_cpus: int | None = None, num_gpus: int | None =
             write_atomically(output_root / STATE_FILE, json.dumps(asdict(service), indent=2))
         except BaseException:
             _stop_groups([(ray.pid, "ray"), *([(ui.pid, "mlflow")] if ui else [])])
-            if _current_cluster_port() == str(gcs_port):  # the stopped head's marker would mislead "auto"
-                RAY_MARKER.unlink(missing_ok=True)
+            _drop_marker(str(gcs_port))
             raise
         return service, True
 
@@ -148,10 +147,16 @@ def _stop_leftovers(output_root: Path) -> tuple[Service | None, bool]:
     if service is None:
         return None, False
     ran = _stop_groups([(service.ray_pgid, "ray"), *([(service.ui_pgid, "mlflow")] if service.ui_pgid else [])])
-    if _current_cluster_port() == service.ray_address.rsplit(":", 1)[1]:  # another cluster's file stays
-        RAY_MARKER.unlink(missing_ok=True)
+    _drop_marker(service.ray_address.rsplit(":", 1)[1])
     (output_root / STATE_FILE).unlink(missing_ok=True)
     return service, ran
+
+
+def _drop_marker(port: str) -> None:
+    """Remove Ray's current-cluster file if it names the stopped head's ``port`` (it would send "auto"
+    to a dead head); another cluster's file stays."""
+    if _current_cluster_port() == port:
+        RAY_MARKER.unlink(missing_ok=True)
 
 
 def _described(output_root: Path) -> Service | None:
