@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import statistics
@@ -32,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, USER_CODE, machine_cpu_s, save, table
+from bench.common import ROOT, USER_CODE, journal_events, machine_cpu_s, save, table
 
 IDEAL_S, EPOCH_S = 8.0, 0.05
 JOB = f"""name: sleepy
@@ -79,8 +78,7 @@ def run_arm(arm: str, base: Path, warm_root: Path) -> dict:
 
 def _phases(root: Path, started: float, ended: float) -> dict:
     """Start-up and the time after the last trial, from the newest run's journal (ms time stamps)."""
-    journal = sorted(root.glob("sleepy/*/tracking/events.jsonl"))[-1]
-    events = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+    events = journal_events(root, "sleepy")
     first = min(e["time"] for e in events if e["op"] == "metrics") / 1000
     last = max(e["time"] for e in events if e["op"] in ("metrics", "trial_end")) / 1000
     return {"startup_s": first - EPOCH_S - started, "after_last_trial_s": ended - last}

@@ -70,6 +70,13 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def journal_events(output_root: Path, job: str) -> list[dict[str, Any]]:
+    """The events of the newest run of ``job`` under ``output_root``, from its journal
+    (`tracking/events.jsonl`: one JSON object a line, ``op`` and ``time`` in ms among its keys)."""
+    journal = sorted(output_root.glob(f"{job}/*/tracking/events.jsonl"))[-1]
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

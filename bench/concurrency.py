@@ -12,13 +12,12 @@ service do with the trials) and the whole command (start-up and exit included).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import USER_CODE, save, table, tuner_run
+from bench.common import USER_CODE, journal_events, save, table, tuner_run
 
 TRIALS, EPOCHS, EPOCH_S = 16, 20, 0.05
 JOB = """name: sleepy
@@ -39,8 +38,7 @@ def run_level(k: int) -> dict:
         spec.write_text(JOB.format(code=USER_CODE, trials=TRIALS, k=k, cpu=round(2 / k, 4), epochs=EPOCHS,
                                    epoch_s=EPOCH_S))
         wall = tuner_run(spec, Path(tmp) / "out")
-        journal = next(Path(tmp).glob("out/sleepy/*/tracking/events.jsonl"))
-        events = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+        events = journal_events(Path(tmp) / "out", "sleepy")
     times = [e["time"] / 1000 for e in events if e["op"] in ("metrics", "trial_end")]
     first = min(e["time"] / 1000 for e in events if e["op"] == "metrics") - EPOCH_S
     return {"k": k, "wall_s": wall, "span_s": max(times) - first}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cold import bootstrap_median
-from bench.common import MNIST, ROOT, median, save, table
+from bench.common import MNIST, ROOT, journal_events, median, save, table
 
 SPEC = ROOT / "examples" / "mnist-mlp.yaml"
 
@@ -59,10 +59,8 @@ def run_job(arm: str, seed: int, folder: Path) -> list[dict[str, float]]:
     if done.returncode != 0:
         raise RuntimeError(f"{arm}, seed {seed}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
     if arm in SERVICE:  # the service's journal: one "metrics" event per reported epoch, ms time stamps
-        journal = next(folder.glob("mnist-mlp/*/tracking/events.jsonl"))
-        events = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
         return [{"t": e["time"] / 1000 - started, "trial": e["trial"], "val_acc": e["values"]["val_acc"]}
-                for e in events if e["op"] == "metrics" and "val_acc" in e["values"]]
+                for e in journal_events(folder, "mnist-mlp") if e["op"] == "metrics" and "val_acc" in e["values"]]
     rows = [json.loads(line) for line in (folder / "epochs.jsonl").read_text().splitlines() if line.strip()]
     return [{**r, "t": r["time"] - started} for r in rows]
 

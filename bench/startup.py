@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, median, save, table
+from bench.common import ROOT, journal_events, median, save, table
 
 ARGS = ["examples/digits-mlp.yaml", "--set", "search.num_samples=2", "--set", "trial.epochs=1"]
 
@@ -27,8 +27,7 @@ def end_to_end() -> float:
         start = time.time()
         subprocess.run([sys.executable, "-m", "tuner.cli", "run", *ARGS, "--output-dir", tmp], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        journal = next(Path(tmp).glob("digits-mlp/*/tracking/events.jsonl"))
-        first = next(json.loads(line) for line in journal.read_text().splitlines() if '"trial_start"' in line)
+        first = next(e for e in journal_events(Path(tmp), "digits-mlp") if e["op"] == "trial_start")
         return first["time"] / 1000 - start
 
 
