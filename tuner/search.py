@@ -19,6 +19,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import domain_of, sample
+from tuner.history import BoundedHistory
 from tuner.spec import JobSpec
 from tuner.study import open_storage
 
@@ -89,6 +90,15 @@ class StoredStudySearch(OptunaSearch):
             log.info("trial %s: the stored study already has its end; its re-run is not reported", trial_id)
 
 
+def sampler_storage(spec: JobSpec, storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage the sampler reads the study through: for TPE, a view of the best and the most recent
+    trials (`tuner.history`, ``search.tpe_history``); random and grid get the whole study (the grid
+    looks for its unvisited points in it)."""
+    if spec.search.algorithm != "tpe" or spec.search.tpe_history is None:
+        return storage
+    return BoundedHistory(storage, recent=spec.search.tpe_history)
+
+
 def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str | None = None) -> Searcher:
     """Ray's OptunaSearch over the spec's space with the chosen Optuna sampler; the study in ``storage``
     (`tuner.study.open_storage`) under ``study_name`` when given, kept up to date as trials end.
@@ -107,7 +117,7 @@ def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str 
         mode=spec.modes if spec.multi_objective else spec.direction,
         sampler=sampler,
         points_to_evaluate=[dict(p) for p in spec.search.start_from] or None,
-        storage=open_storage(storage) if storage else None,
+        storage=sampler_storage(spec, open_storage(storage)) if storage else None,
         study_name=study_name,
         budget=spec.search.budget.model_dump(),
         gpus_per_trial=spec.trial.resources.gpu,

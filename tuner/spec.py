@@ -102,6 +102,9 @@ class SearchSpec(_Section):
     storage: str | None = None
     # Stop starting new trials once spent (running ones finish); the job says so.
     budget: BudgetSpec = BudgetSpec()
+    # tpe: the most recent finished trials the sampler looks at, besides the best 100 (tuner.history: a
+    # suggestion after 10,000 trials costs what one after about 1,000 does); null = every trial.
+    tpe_history: int | None = Field(1000, ge=100, le=100_000)
 
     @field_validator("storage")
     @classmethod
@@ -511,6 +514,10 @@ def _check_search(spec: JobSpec, space: dict[str, Any], source: str) -> SearchSp
         if search.num_samples is not None and search.num_samples > size:
             raise SpecError(source, "search.num_samples", f"the grid has {size} points", search.num_samples)
         num_samples = search.num_samples or size
+    # The default passes (a saved spec holds every field); another value would be dropped without a word.
+    if search.algorithm != "tpe" and search.tpe_history != SearchSpec.model_fields["tpe_history"].default:
+        raise SpecError(source, "search.tpe_history", f"only tpe reads the history (algorithm is {search.algorithm})",
+                        search.tpe_history)
     if search.reproducible and spec.scheduler.name == "asha":
         raise SpecError(source, "scheduler.name", "asha stops trials by the order their results arrive, which no "
                         "run repeats; with search.reproducible use fifo", "asha")
