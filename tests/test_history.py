@@ -33,17 +33,31 @@ def _numbers(study: optuna.Study, states=None) -> list[int]:
     return [t.number for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)]
 
 
-def test_finished_trials_are_the_best_and_the_most_recent_in_number_order():
+def test_the_answer_is_the_best_older_trials_and_the_most_recent_in_number_order():
     values = [float((7 * i) % 50) for i in range(50)]  # 0 … 49, each once, spread over the history
     study = _study(values, recent=10, best=5)
-    running = study.ask()  # an unfinished trial is always answered
-    older_best = sorted(range(40), key=lambda i: values[i])[:5]
-    assert _numbers(study) == sorted(older_best) + list(range(40, 50)) + [running.number]
-    assert _numbers(study, states=(TrialState.COMPLETE,)) == sorted(older_best) + list(range(40, 50))
+    running = study.ask()  # trial 50: the recent ones are the last 10 trials, finished or not
+    older_best = sorted(sorted(range(41), key=lambda i: values[i])[:5])
+    assert _numbers(study) == older_best + list(range(41, 51))
+    assert _numbers(study, states=(TrialState.COMPLETE,)) == older_best + list(range(41, 50))
+    assert _numbers(study, states=(TrialState.RUNNING,)) == [running.number]
     assert study.best_trial.value == 0.0 and study.best_trial.number in older_best
     # What the sampler does not read is all still there: counts, trials by id, the whole study on disk.
     assert study._storage.get_n_trials(study._study_id) == 51
     assert study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, 3)).number == 3
+
+
+def test_an_older_unfinished_trial_is_kept_until_it_ends_then_only_if_among_the_best():
+    study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=3, best=2))
+    slow = study.ask()  # trial 0 runs while the window moves past it
+    for i in range(1, 8):
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 8}, distributions=X, value=float(i)))
+    assert _numbers(study) == [0, 1, 2, 5, 6, 7]
+    study.tell(slow, -1.0)  # ends as the best of all
+    assert _numbers(study) == [0, 1, 5, 6, 7]
+    for i in range(8, 10):
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=X, value=100.0))
+    assert _numbers(study) == [0, 1, 7, 8, 9]  # 5 and 6 left the window; 0 and 1 stay the best
 
 
 def test_a_maximised_study_keeps_its_largest_values():
@@ -77,8 +91,10 @@ def test_every_other_storage_method_goes_to_the_real_storage():
 
 def test_it_survives_pickling_as_ray_saves_the_searcher():
     study = _study([float(i) for i in range(30)], recent=10, best=5)
+    _numbers(study)
     view = pickle.loads(pickle.dumps(study._storage))
     assert isinstance(view, BoundedHistory) and (view.recent, view.best) == (10, 5)
+    assert [t.number for t in view.get_all_trials(study._study_id)] == _numbers(study) == [*range(5), *range(20, 30)]
 
 
 def test_tpe_reads_no_more_than_the_bound_and_still_searches():
@@ -91,13 +107,13 @@ def test_tpe_reads_no_more_than_the_bound_and_still_searches():
 
     def spy(study_id, deepcopy=True, states=None):
         trials = real(study_id, deepcopy, states)
-        read.append(sum(t.state.is_finished() for t in trials))
+        read.append(len(trials))
         return trials
 
     storage.get_all_trials = spy
     study = optuna.create_study(storage=storage, sampler=SAMPLERS["tpe"](spec))
     study.optimize(lambda t: (t.suggest_float("dropout", 0.0, 0.5) - 0.3) ** 2, n_trials=260)
-    assert max(read) == 100 + 100  # the best 100 and the 100 most recent
+    assert max(read) == 100 + 100  # the best 100 and the 100 most recent (one of them running)
     whole = optuna.load_study(study_name=study.study_name, storage=storage.storage).trials
     assert len(whole) == 260 and min(t.value for t in whole) == study.best_value < 1e-3
 

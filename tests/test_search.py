@@ -106,3 +106,24 @@ def test_a_wall_budget_counts_the_time_the_search_ran_not_the_time_it_was_down()
     assert isinstance(restored.suggest("b"), dict) and 90.0 <= restored.ran_s < 91.0
     restored.clock = (os.getpid(), restored.clock[1] - 10.0, 90.0)  # 10 s later in this process
     assert restored.suggest("c") == restored.FINISHED and restored.spent() == "wall_s 100"
+
+
+def test_tpe_groups_keys_only_for_a_conditional_space_and_suggests_the_same_without():
+    """`group` reads every trial again at every suggestion; on a space without conditions it is one group,
+    and TPE must then suggest exactly what it suggests with the option on."""
+    import warnings
+
+    flat = _spec(search={"algorithm": "tpe", "seed": 3, "space": {"lr": {"loguniform": [1e-4, 1.0]}}})
+    assert SAMPLERS["tpe"](flat)._group is False
+    assert SAMPLERS["tpe"](_spec(search={"algorithm": "tpe", "space": "training_tricks"}))._group is True
+
+    def suggested(group: bool) -> list[dict]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(seed=3, multivariate=True, constant_liar=True, group=group)
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("lr", 1e-4, 1.0, log=True) - 0.01) ** 2
+                       + (t.suggest_categorical("optimizer", ["sgd", "adam"]) == "sgd"), n_trials=40)
+        return [t.params for t in study.trials]
+
+    assert suggested(True) == suggested(False)

@@ -3,9 +3,9 @@
 Optuna's TPESampler reads every finished trial of its study at every suggestion, in Python loops:
 a suggestion took 145 ms after 10,000 trials, against 20 ms after 1,000 (BENCHMARKS.md, section 10),
 and Optuna has no setting to make it look at fewer. `BoundedHistory` is an Optuna storage (Optuna's
-public `BaseStorage` interface) around the study's real one: asked for finished trials, it answers
-with the ``best`` best and the ``recent`` most recent of them (and every unfinished one); every other
-call goes to the real storage unchanged, so what is written and numbered is the same.
+public `BaseStorage` interface) around the study's real one: asked for the study's trials, it answers
+with the ``recent`` most recent trials, the ``best`` best complete ones before them and any unfinished
+one; every other call goes to the real storage unchanged, so what is written and numbered is the same.
 
     storage = BoundedHistory(open_storage(ref), recent=1000, best=100)
     OptunaSearch(..., sampler=TPESampler(...), storage=storage)
@@ -35,21 +35,26 @@ _FINISHED = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
 
 
 class BoundedHistory(BaseStorage):
-    """The real ``storage``, but finished trials beyond the ``best`` best and the ``recent`` most recent
-    are left out of `get_all_trials` (for single-objective studies)."""
+    """The real ``storage``, but `get_all_trials` leaves out the trials before the ``recent`` last ones
+    that are finished and not among the ``best`` best (for single-objective studies)."""
 
     def __init__(self, storage: BaseStorage, *, recent: int, best: int = KEEP_BEST) -> None:
         if recent < 1 or best < 1:
             raise ValueError(f"recent and best must be positive (recent={recent}, best={best})")
         self.storage, self.recent, self.best = storage, recent, best
         self._minimize: dict[int, bool | None] = {}  # study id -> minimize (None: multi-objective)
-        self._kept: tuple[tuple[int, int], set[int]] | None = None  # ((study, finished), best trials' numbers)
+        self._older: dict[int, _Older] = {}  # study id -> what is kept of the trials before the recent ones
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_older": {}}  # rebuilt from the study on first use (Ray pickles the searcher)
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        trials = self.storage.get_all_trials(study_id, deepcopy=False, states=states)
-        if len(trials) > self.recent + self.best and self._direction(study_id) is not None:
-            trials = self._bounded(study_id, trials)
+        if self._direction(study_id) is None or (states is not None and not any(s in states for s in _FINISHED)):
+            return self.storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        trials = self._bounded(study_id, self.storage.get_all_trials(study_id, deepcopy=False))
+        if states is not None:
+            trials = [t for t in trials if t.state in states]
         return copy.deepcopy(trials) if deepcopy else trials
 
     def _direction(self, study_id: int) -> bool | None:
@@ -59,20 +64,48 @@ class BoundedHistory(BaseStorage):
         return self._minimize[study_id]
 
     def _bounded(self, study_id: int, trials: list[FrozenTrial]) -> list[FrozenTrial]:
-        finished = [t for t in trials if t.state in _FINISHED]  # in trial-number order, as storages give them
-        if len(finished) <= self.recent + self.best:
+        """The trials before the ``recent`` last ones, less those neither unfinished nor among the best."""
+        first_recent = len(trials) - self.recent
+        # Optuna numbers a study's trials 0, 1, 2, ... in the order its storages list them; were that
+        # ever not so, the whole study is the answer (slower, never wrong).
+        if first_recent <= self.best or trials[-1].number != len(trials) - 1:
             return trials
-        first_recent = finished[-self.recent].number
-        # A finished trial never changes, and each end adds one: the count of finished trials names
-        # the older ones exactly, so their best are looked up once per trial end, not per call.
-        key = (study_id, len(finished))
-        if self._kept is None or self._kept[0] != key:
-            sign = 1.0 if self._minimize[study_id] else -1.0
-            older = (t for t in finished if t.number < first_recent and t.state == TrialState.COMPLETE)
-            best = heapq.nsmallest(self.best, older, key=lambda t: sign * t.values[0])
-            self._kept = (key, {t.number for t in best})
-        kept = self._kept[1]
-        return [t for t in trials if t.state not in _FINISHED or t.number >= first_recent or t.number in kept]
+        older = self._older.setdefault(study_id, _Older(self.best, minimize=bool(self._minimize[study_id])))
+        older.extend(trials, first_recent)
+        return [trials[n] for n in older.kept()] + trials[first_recent:]
+
+
+class _Older:
+    """The trials before the recent ones, kept: the best ``best`` complete ones and every unfinished one.
+
+    A finished trial never changes, so each trial is looked at once when the recent window moves past
+    it, and unfinished ones again until they end: a call costs what the new trials cost, not the study.
+    """
+
+    def __init__(self, best: int, *, minimize: bool) -> None:
+        self.best, self.sign = best, 1.0 if minimize else -1.0
+        self.seen = 0  # trials 0 .. seen-1 have been looked at
+        self.worst_first: list[tuple[float, int]] = []  # heap of (-score, number): the worst kept on top
+        self.unfinished: list[int] = []
+
+    def extend(self, trials: list[FrozenTrial], first_recent: int) -> None:
+        waiting, self.unfinished = self.unfinished, []
+        for number in [*waiting, *range(self.seen, max(self.seen, first_recent))]:
+            self._look_at(trials[number])
+        self.seen = max(self.seen, first_recent)
+
+    def _look_at(self, trial: FrozenTrial) -> None:
+        if trial.state not in _FINISHED:
+            self.unfinished.append(trial.number)
+        elif trial.state == TrialState.COMPLETE:
+            entry = (-self.sign * trial.values[0], trial.number)
+            if len(self.worst_first) < self.best:
+                heapq.heappush(self.worst_first, entry)
+            elif entry > self.worst_first[0]:
+                heapq.heapreplace(self.worst_first, entry)
+
+    def kept(self) -> list[int]:
+        return sorted([number for _, number in self.worst_first] + self.unfinished)
 
 
 def _forward(name: str) -> Any:

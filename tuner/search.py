@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces import domain_of, sample
+from search_spaces import condition_of, domain_of, sample
 from tuner.history import BoundedHistory
 from tuner.spec import JobSpec
 from tuner.study import open_storage
@@ -27,11 +27,13 @@ log = logging.getLogger(__name__)
 
 SAMPLERS: dict[str, Callable[[JobSpec], optuna.samplers.BaseSampler]] = {
     # Multivariate TPE models the knobs jointly (lr and optimizer, lr and batchnorm interact), by groups
-    # of keys sampled together (conditional keys); the constant liar keeps trials that run at the same
-    # time from being sent to the same spot, which Optuna recommends for parallel workers
-    # (bench/search_quality.py: BENCHMARKS.md). Multi-objective TPE is the same sampler.
-    "tpe": lambda spec: optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True, group=True,
-                                                   constant_liar=True),
+    # of keys sampled together where keys are conditional (`group`; a space without conditions is one
+    # group, and TPE suggests the same without the option, which reads every trial again at every
+    # suggestion); the constant liar keeps trials that run at the same time from being sent to the same
+    # spot, which Optuna recommends for parallel workers (bench/search_quality.py: BENCHMARKS.md).
+    # Multi-objective TPE is the same sampler.
+    "tpe": lambda spec: optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=True, constant_liar=True,
+                                                   group=any(condition_of(e) for e in spec.space.values())),
     "random": lambda spec: optuna.samplers.RandomSampler(seed=spec.search.seed),
     "grid": lambda spec: optuna.samplers.GridSampler({k: domain_of(e)[1] for k, e in spec.space.items()},
                                                      seed=spec.search.seed),
