@@ -6,7 +6,7 @@ import importlib
 import sys
 
 ALL = ["cold", "concurrency", "startup", "loop", "overhead", "profile_tracking", "bookkeeping", "search_quality", "ensemble_gain",
-       "search_features", "peers", "suggest_scale", "gpu"]
+       "search_features", "peers", "suggest_scale", "history", "gpu"]
 WITH_ARGUMENTS = [*ALL, "commits"]  # commits compares the revisions it is given; not part of a plain run
 
 

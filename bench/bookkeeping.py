@@ -1,21 +1,24 @@
 """Scale of bookkeeping: 1,000 no-op trials through the service (TPE over six knobs, every trial in MLflow).
 
-Reports the per-trial overhead (wall time / trials) and the searcher's suggestion latency early and
-late in the run (Optuna's TPE looks at the whole history on every suggestion). Smaller runs compare
-Tune's snapshot period: every step (0), every second (1, the service's default) and Tune's own
-"auto" (at least every 10 s).
+Reports the per-trial overhead (wall time / trials), the seconds between trial ends over the first
+and the last tenth of the trials (a cost that grows with the job shows there), the searcher's
+suggestion latency early and late, the driver's memory and the sizes of what the job wrote: the
+study's journal, the tracking journal, the MLflow store and Tune's experiment folder. Smaller runs
+compare Tune's snapshot period: every step (0), every second (1) and Tune's own "auto" (the
+service's default: at least every 10 s, more as a snapshot costs more). `--period` sets the main run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import USER_CODE, Timer, median, save, start_ray, table
+from bench.common import USER_CODE, Timer, journal_events, median, save, start_ray, table
 
 SPACE = {"a": {"loguniform": [1e-5, 1.0]}, "b": {"uniform": [0.0, 1.0]}, "c": {"uniform": [-1.0, 1.0]},
          "d": {"loguniform": [1e-3, 10.0]}, "e": {"uniform": [0.0, 0.5]}, "f": {"choice": [0, 1, 2, 3]}}
@@ -50,8 +53,13 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
     default_period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")  # the job's own setting yields to a set one
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period
     try:
-        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp, Timer() as t:
-            result = run_job(_spec(trials), output_root=Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+            with Timer() as t:
+                result = run_job(_spec(trials), output_root=Path(tmp))
+            ends = sorted(e["time"] / 1000 for e in journal_events(Path(tmp), "noop") if e["op"] == "trial_end")
+            tenth = max(2, len(ends) // 10)
+            sizes = {"study_mb": _mb(result.run_folder / "study.log"), "journal_mb": _mb(result.run_folder / "tracking"),
+                     "mlflow_mb": _mb(Path(tmp) / "mlflow.db"), "tune_mb": _mb(result.run_folder / "ray")}
     finally:
         OptunaSearch.suggest = suggest
         if default_period is None:
@@ -61,7 +69,16 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
     done = [s for s in latencies if s > 0]
     return {"trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
             "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,
-            "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:])}
+            "end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
+            "end_gap_s_last_tenth": (ends[-1] - ends[-tenth]) / (tenth - 1),
+            "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:]),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **sizes}
+
+
+def _mb(path: Path) -> float:
+    """Megabytes of a file, or of everything under a folder."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -69,14 +86,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--compare", type=int, default=200,
                         help="trials for the snapshot-period comparison (0: none)")
+    parser.add_argument("--period", default="auto", help="Tune's snapshot period for the main run (the service's: auto)")
     args = parser.parse_args(argv)
     start_ray()
-    rows = [run(args.trials, "1"), *(run(args.compare, period) for period in ("0", "1", "auto") if args.compare)]
-    table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "child_runs", "undelivered",
-                 "suggest_ms_first_10", "suggest_ms_last_10"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
-    # The default run keeps its file name; another gets its own (bookkeeping-3000-compare-0.json).
-    default = (args.trials, args.compare) == (1000, 200)
-    save("bookkeeping" if default else f"bookkeeping-{args.trials}-compare-{args.compare}", rows)
+    rows = [run(args.trials, args.period), *(run(args.compare, p) for p in ("0", "1", "auto") if args.compare)]
+    table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "end_gap_s_first_tenth", "end_gap_s_last_tenth",
+                 "undelivered", "suggest_ms_first_10", "suggest_ms_last_10", "max_rss_mb", "study_mb", "journal_mb",
+                 "mlflow_mb", "tune_mb"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
+    # The default run keeps its file name; another gets its own (bookkeeping-3000-compare-0-period-1.json).
+    default = (args.trials, args.compare, args.period) == (1000, 200, "auto")
+    save("bookkeeping" if default else f"bookkeeping-{args.trials}-compare-{args.compare}-period-{args.period}", rows)
     return rows
 
 

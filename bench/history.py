@@ -1,5 +1,5 @@
 """What bounding TPE's history costs the search: the service's TPE on Hartmann-6 with the whole history
-against the best 100 and the most recent `search.tpe_history` trials (`tuner.history`).
+against the best 100 and the most recent `search.tpe_history` trials (`tuner.history`), 1,000 and 500.
 
 Hartmann-6 is the usual six-dimensional test function of Bayesian optimisation (minimum -3.32237 in
 [0, 1]^6, several local minima). Each arm and seed runs in a fresh process, the arms alternating; a
@@ -60,17 +60,19 @@ def measure(arm: str, seed: int, trials: int, checkpoints: list[int], history: i
         best = min(best, value)
         if n in checkpoints:
             at[n] = best
-    return {"arm": arm, "seed": seed, "trials": trials, **{f"regret_at_{n}": at[n] - MINIMUM for n in checkpoints},
+    return {"tpe_history": arm, "seed": seed, "trials": trials, **{f"regret_at_{n}": at[n] - MINIMUM for n in checkpoints},
             "suggest_ms_last_100": 1000 * median(times[-100:]), "total_s": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3000)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--histories", nargs="+", default=["all", "1000", "500"],
+                        help="search.tpe_history of each arm (all: the whole history)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # arm, seed, trials: measured in this process
     args = parser.parse_args(argv)
-    arms = {"whole history": None, "best 100 + recent 1,000 (default)": 1000}
+    arms = {h: None if h == "all" else int(h) for h in args.histories}
     checkpoints = sorted({n for n in (500, 1000, 2000, 3000, 5000, 10000) if n < args.trials} | {args.trials})
     if args.one:
         arm, seed, trials = args.one
@@ -81,14 +83,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         order = list(arms) if seed % 2 == 0 else list(reversed(arms))
         for arm in order:
             done = subprocess.run([sys.executable, "-m", "bench.history", "--trials", str(args.trials),
-                                   "--one", arm, str(seed), str(args.trials)],
+                                   "--histories", *args.histories, "--one", arm, str(seed), str(args.trials)],
                                   cwd=ROOT, capture_output=True, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    summary = [{"arm": arm, **{k: median([r[k] for r in rows if r["arm"] == arm]) for k in rows[0]
+    summary = [{"tpe_history": arm, **{k: median([r[k] for r in rows if r["tpe_history"] == arm]) for k in rows[0]
                                if k.startswith(("regret", "suggest", "total"))}} for arm in arms]
     table(summary, list(summary[0]), f"TPE on Hartmann-6, {args.trials} trials: medians of {args.seeds} seeds")
-    save("history" if (args.trials, args.seeds) == (3000, 3) else f"history-{args.trials}-{args.seeds}", rows,
+    default = (args.trials, args.seeds, args.histories) == (3000, 5, ["all", "1000", "500"])
+    save("history" if default else f"history-{args.trials}-{args.seeds}-{'-'.join(args.histories)}", rows,
          summary=summary)
     return rows
 

@@ -17,10 +17,13 @@ from typing import Iterator
 
 # Ray Tune's, for the driver of a job.
 TUNE_SETTINGS = {
-    # Snapshot the experiment state every second (Tune's default waits up to minutes; every step, 0,
-    # made 1,000 short trials 9x slower, bench/bookkeeping.py): what `tuner resume` restores from, so
-    # a killed driver loses at most about a second of Tune's bookkeeping (tuner.tracking.callback).
-    "TUNE_GLOBAL_CHECKPOINT_S": "1",
+    # Snapshot the experiment state, what `tuner resume` restores from, by Tune's own "auto" period:
+    # every 10 s, or 19 times what the last snapshot took, so snapshots take at most 5% of the driver.
+    # A snapshot holds every trial: a fixed period of 1 s took most of the driver once a job had
+    # thousands of trials (BENCHMARKS.md, section 3), and every step (0) made 1,000 short trials 9x
+    # slower. A killed driver loses the trials that ended since the last snapshot: `tuner resume` runs
+    # them again, and the journal counts each trial once whatever Tune re-runs (tuner.tracking.callback).
+    "TUNE_GLOBAL_CHECKPOINT_S": "auto",
     # Trials checkpoint only on a better epoch and keep one checkpoint each, which makes Tune snapshot
     # often and warn about it on every snapshot; the snapshots are what `tuner resume` restores from.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
