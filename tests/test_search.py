@@ -127,3 +127,40 @@ def test_tpe_groups_keys_only_for_a_conditional_space_and_suggests_the_same_with
         return [t.params for t in study.trials]
 
     assert suggested(True) == suggested(False)
+
+
+class _Controller:
+    """What Tune hands a scheduler, as far as choosing a trial goes; every trial ever is not asked for."""
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_live_trials(self):
+        return {t for t in self.trials if t.status not in ("TERMINATED", "ERROR")}
+
+    def get_trials(self):
+        raise AssertionError("walked every trial of the job")
+
+
+class _AllTrials(_Controller):
+    def get_trials(self):
+        return list(self.trials)
+
+
+@pytest.mark.parametrize("name", ["fifo", "asha"])
+def test_the_next_trial_is_rays_fifo_choice_found_among_the_live_trials(name):
+    import random
+
+    from ray.tune.experiment import Trial
+
+    rng = random.Random(0)
+    ray_fifo = FIFOScheduler()
+    for round_ in range(200):
+        scheduler = make_scheduler(_spec(scheduler={"name": name}))
+        trials = []
+        for i in range(rng.randint(0, 12)):
+            trial = Trial("noop", trial_id=f"t{round_}_{i}", stub=True)
+            trial.set_status(rng.choice([Trial.PENDING, Trial.PAUSED, Trial.RUNNING, Trial.TERMINATED, Trial.ERROR]))
+            scheduler.on_trial_add(_Controller(trials), trial)
+            trials.append(trial)
+        assert scheduler.choose_trial_to_run(_Controller(trials)) is ray_fifo.choose_trial_to_run(_AllTrials(trials))
