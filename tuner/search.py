@@ -3,14 +3,13 @@ schedulers, and the Optuna study stored in a database of its own.
 
 Closed registries: the spec only admits these names, and adding one is one line here. The space is
 always sampled define-by-run (`search_spaces.sample`), which is what makes conditional keys possible.
-Two things keep a long job's cost a trial flat: TPE reads the study through `tuner.history`'s view
-(the best and the most recent trials), and the schedulers look for the next trial among the live ones.
+TPE reads the study through `tuner.history`'s view (the best and the most recent trials), which keeps
+a suggestion's cost flat in a long job.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -19,7 +18,6 @@ from typing import Callable
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.experiment import Trial
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import condition_of, domain_of, sample
@@ -138,44 +136,9 @@ def asha_max_t(spec: JobSpec) -> int | None:
     return (spec.scheduler.max_t or spec.trial.epochs) if spec.scheduler.name == "asha" else None
 
 
-class _FromLiveTrials:
-    """Ray's FIFO choice of the next trial to run, looked for among the live trials only.
-
-    Ray's `FIFOScheduler.choose_trial_to_run` (which ASHA inherits) walks every trial of the job, twice,
-    at every step of Tune's loop, to find none pending most of the time: at 4,300 no-op trials that
-    was 11% of the driver's main thread, and it grows with the job (BENCHMARKS.md, section 3). This
-    makes the same choice, the first PENDING trial in the order Tune added them, else the first PAUSED
-    one, from `get_live_trials()` (the trials not yet ended, which Tune hands its schedulers).
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.added: dict[str, int] = {}  # trial id -> the order Tune added it in
-
-    def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        self.added.setdefault(trial.trial_id, len(self.added))
-        super().on_trial_add(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        live = sorted(tune_controller.get_live_trials(), key=lambda t: self.added.get(t.trial_id, math.inf))
-        for status in (Trial.PENDING, Trial.PAUSED):
-            for trial in live:
-                if trial.status == status:
-                    return trial
-        return None
-
-
-class FifoScheduler(_FromLiveTrials, FIFOScheduler):
-    """Ray's FIFOScheduler, choosing among the live trials."""
-
-
-class AshaScheduler(_FromLiveTrials, ASHAScheduler):
-    """Ray's ASHAScheduler, choosing among the live trials."""
-
-
 def make_scheduler(spec: JobSpec) -> TrialScheduler:
     if spec.scheduler.name == "asha":
-        return AshaScheduler(
+        return ASHAScheduler(
             metric=spec.objective,  # a multi-objective job's first metric
             mode=spec.direction,
             time_attr="training_iteration",
@@ -183,4 +146,4 @@ def make_scheduler(spec: JobSpec) -> TrialScheduler:
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    return FifoScheduler()
+    return FIFOScheduler()
