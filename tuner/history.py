@@ -1,8 +1,8 @@
 """What TPE looks at in a long study: the best finished trials and the most recent ones, not all.
 
 Optuna's TPESampler reads every finished trial of its study at every suggestion, in Python loops:
-a suggestion took 145 ms after 10,000 trials, against 20 ms after 1,000 (BENCHMARKS.md, section 10),
-and Optuna has no setting to make it look at fewer. `BoundedHistory` is an Optuna storage (Optuna's
+a suggestion took about 100 ms after 10,000 trials, against 17 ms after 1,000 (BENCHMARKS.md,
+section 10), and Optuna has no setting to make it look at fewer. `BoundedHistory` is an Optuna storage (Optuna's
 public `BaseStorage` interface) around the study's real one: asked for the study's trials, it answers
 with the ``recent`` most recent trials, the ``best`` best complete ones before them and any unfinished
 one; every other call goes to the real storage unchanged, so what is written and numbered is the same.
@@ -30,7 +30,7 @@ from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-KEEP_BEST = 100  # the best finished trials always kept: TPE's good side is at most 25 of them
+KEEP_BEST = 100  # the best complete trials kept before the recent ones: TPE's good side is at most 25
 _FINISHED = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL})
 
 

@@ -102,8 +102,8 @@ class SearchSpec(_Section):
     storage: str | None = None
     # Stop starting new trials once spent (running ones finish); the job says so.
     budget: BudgetSpec = BudgetSpec()
-    # tpe: the most recent finished trials the sampler looks at, besides the best 100 (tuner.history: a
-    # suggestion after 10,000 trials costs what one after about 1,000 does); null = every trial.
+    # tpe: the most recent trials the sampler reads, besides the best 100 before them (tuner.history: a
+    # suggestion after 10,000 trials costs about what one after 1,000 does); null = every trial.
     tpe_history: int | None = Field(1000, ge=100, le=100_000)
 
     @field_validator("storage")
