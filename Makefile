@@ -23,7 +23,7 @@ test: $(STAMP)  ## the whole suite (about 15 minutes on 2 cores)
 test-fast: $(STAMP)  ## without the tests that start Ray
 	$(PYTHON) -m pytest -q -m "not slow"
 
-bench: $(STAMP)  ## the benchmarks in bench/ (about two hours on 2 cores); results in bench/results/, summary in BENCHMARKS.md
+bench: $(STAMP)  ## the benchmarks in bench/ (about two and a quarter hours on 2 cores); results in bench/results/, summary in BENCHMARKS.md
 	$(PYTHON) -m bench
 
 screenshot: $(STAMP)  ## refresh docs/mlflow-ui.png with headless Chromium
