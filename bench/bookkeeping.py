@@ -6,6 +6,8 @@ suggestion latency early and late, the driver's memory and the sizes of what the
 study's journal, the tracking journal, the MLflow store and Tune's experiment folder. Smaller runs
 compare Tune's snapshot period: every step (0), every second (1) and Tune's own "auto" (the
 service's default: at least every 10 s, more as a snapshot costs more). `--period` sets the main run's.
+`max_rss_mb` is the process's peak so far: the main run's own, and for the comparison runs after it
+no less than the main run's.
 """
 
 from __future__ import annotations

@@ -75,3 +75,18 @@ def test_an_existing_file_needs_force(store, tmp_path: Path):
 def test_unknown_jobs_are_not_found(store, job: str):
     with pytest.raises(NotFoundError):
         best_spec(store[0], job)
+
+
+@pytest.mark.parametrize("history", [None, 500])
+def test_an_exported_tpe_job_with_any_history_setting_loads(tmp_path: Path, history):
+    """The replay draws its one config at random: a TPE job's tpe_history must not come along (a
+    random search refuses a non-default one)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_spec(EXAMPLES / "digits-mlp.yaml")
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"tpe_history": history})})
+    _, run = start_parent_run(tracking_uri=uri, experiment="digits-mlp", job_name="digits-mlp", params={},
+                              spec_yaml=spec.to_yaml(), tags={})
+    MlflowClient(uri).set_tag(run, "best_config", json.dumps({**spec.trial_config(), "lr": 0.01}))
+    write_spec(best_spec(uri, run), tmp_path / "best.yaml", fmt="yaml", force=False)
+    exported = load_spec(tmp_path / "best.yaml")
+    assert exported.search.algorithm == "random" and exported.search.tpe_history == 1000

@@ -148,9 +148,20 @@ def test_a_saved_random_spec_loads_again(tmp_path):
 
 
 def test_a_database_study_is_read_through_optunas_cache(tmp_path):
-    """Pins `optuna.storages.get_storage`, which Optuna calls internal (README): a database URL must
-    come back wrapped in the cache that keeps finished trials in memory, or every TPE suggestion reads
-    the whole study from the database again."""
-    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
-    assert type(storage).__name__ == "_CachedStorage", (
-        f"optuna {optuna.__version__}: get_storage gave {type(storage).__name__}; see tuner/study.py open_storage")
+    """Pins `optuna.storages.get_storage`, which Optuna calls internal (README): behind the view, a
+    database study must still be wrapped in the cache that keeps finished trials in memory, or every
+    TPE suggestion reads the whole study from the database again; `open_storage` itself stays a plain
+    RDBStorage (optuna-dashboard checks its schema only for one)."""
+    spec = spec_from_mapping({"name": "h", "search": {"algorithm": "tpe"}})
+    database = open_storage(f"sqlite:///{tmp_path}/study.db")
+    assert isinstance(database, optuna.storages.RDBStorage)
+    view = sampler_storage(spec, database)
+    assert type(view.storage).__name__ == "_CachedStorage", (
+        f"optuna {optuna.__version__}: get_storage gave {type(view.storage).__name__}; see tuner/search.py sampler_storage")
+
+
+def test_ties_keep_the_older_trials_as_tpe_does():
+    study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=2, best=2), direction="maximize")
+    for i, value in enumerate([1.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.5]):
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 8}, distributions=X, value=value))
+    assert _numbers(study) == [0, 1, 5, 6]

@@ -64,6 +64,7 @@ def best_spec(tracking_uri: str, job: str, *, pick: str | None = None) -> dict[s
         raise NotFoundError(f"{job}: run {run.info.run_id} has no finished trial to export")
     spec["search"]["space"] = {key: {"choice": [best[key]]} for key in spec["search"]["space"] if key in best}
     spec["search"].update(num_samples=1, max_concurrent=1, algorithm="random", start_from=[], warm_start=None)
+    spec["search"].pop("tpe_history", None)  # a TPE setting; the replay draws its one config at random
     spec["ensemble"] = {"top_k": 0}
     spec["_exported"] = {"from_run": run.info.run_id, "trial": trial,
                          "model_uri": run.data.tags.get("ensemble_model_uri")}

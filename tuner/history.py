@@ -85,7 +85,9 @@ class _Older:
     def __init__(self, best: int, *, minimize: bool) -> None:
         self.best, self.sign = best, 1.0 if minimize else -1.0
         self.seen = 0  # trials 0 .. seen-1 have been looked at
-        self.worst_first: list[tuple[float, int]] = []  # heap of (-score, number): the worst kept on top
+        # A heap of (-score, -number): the worst kept trial on top, and of equal ones the newest, so
+        # ties keep the older trials, as TPE's stable sort of the whole history does.
+        self.worst_first: list[tuple[float, int]] = []
         self.unfinished: list[int] = []
 
     def extend(self, trials: list[FrozenTrial], first_recent: int) -> None:
@@ -98,14 +100,14 @@ class _Older:
         if trial.state not in _FINISHED:
             self.unfinished.append(trial.number)
         elif trial.state == TrialState.COMPLETE:
-            entry = (-self.sign * trial.values[0], trial.number)
+            entry = (-self.sign * trial.values[0], -trial.number)
             if len(self.worst_first) < self.best:
                 heapq.heappush(self.worst_first, entry)
             elif entry > self.worst_first[0]:
                 heapq.heapreplace(self.worst_first, entry)
 
     def kept(self) -> list[int]:
-        return sorted([number for _, number in self.worst_first] + self.unfinished)
+        return sorted([-negative for _, negative in self.worst_first] + self.unfinished)
 
 
 def _forward(name: str) -> Any:

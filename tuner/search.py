@@ -100,7 +100,10 @@ def sampler_storage(spec: JobSpec, storage: optuna.storages.BaseStorage) -> optu
     looks for its unvisited points in it)."""
     if spec.search.algorithm != "tpe" or spec.search.tpe_history is None:
         return storage
-    return BoundedHistory(storage, recent=spec.search.tpe_history)
+    # A database's storage gets Optuna's cache of finished trials here, as `create_study` would give a
+    # bare one, which it no longer sees behind the view: without it every read goes to the database
+    # (`get_storage`, which Optuna calls internal: README, pinned by tests/test_history.py).
+    return BoundedHistory(optuna.storages.get_storage(storage), recent=spec.search.tpe_history)
 
 
 def make_searcher(spec: JobSpec, *, storage: str | None = None, study_name: str | None = None) -> Searcher:

@@ -40,9 +40,7 @@ def open_storage(ref: str):
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if "://" in ref:
-        # Optuna's own wrapping of a database URL: its cache keeps finished trials in memory, so a read
-        # of the study fetches only the unfinished ones (`get_storage`, which Optuna calls internal: README).
-        return optuna.storages.get_storage(ref)
+        return optuna.storages.RDBStorage(ref)
     return JournalStorage(JournalFileBackend(ref))
 
 
