@@ -22,11 +22,15 @@ X = {"x": FloatDistribution(0.0, 1.0)}
 def _study(values: list[float], *, recent: int, best: int, directions=("minimize",)) -> optuna.Study:
     study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=recent, best=best),
                                 directions=list(directions))
-    for i, value in enumerate(values):
-        v = value if len(directions) == 1 else [value, -value]
-        study.add_trial(optuna.trial.create_trial(params={"x": i / len(values)}, distributions=X,
-                                                  **({"value": v} if len(directions) == 1 else {"values": v})))
+    _add(study, values)
     return study
+
+
+def _add(study: optuna.Study, values: list[float]) -> None:
+    """Finished trials of these values (a second objective, where there is one, opposes the first)."""
+    for value in values:
+        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=X,
+                                                  values=[value, -value][:len(study.directions)]))
 
 
 def _numbers(study: optuna.Study, states=None) -> list[int]:
@@ -48,22 +52,18 @@ def test_the_answer_is_the_best_older_trials_and_the_most_recent_in_number_order
 
 
 def test_an_older_unfinished_trial_is_kept_until_it_ends_then_only_if_among_the_best():
-    study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=3, best=2))
+    study = _study([], recent=3, best=2)
     slow = study.ask()  # trial 0 runs while the window moves past it
-    for i in range(1, 8):
-        study.add_trial(optuna.trial.create_trial(params={"x": i / 8}, distributions=X, value=float(i)))
+    _add(study, [float(i) for i in range(1, 8)])
     assert _numbers(study) == [0, 1, 2, 5, 6, 7]
     study.tell(slow, -1.0)  # ends as the best of all
     assert _numbers(study) == [0, 1, 5, 6, 7]
-    for i in range(8, 10):
-        study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=X, value=100.0))
+    _add(study, [100.0, 100.0])
     assert _numbers(study) == [0, 1, 7, 8, 9]  # 5 and 6 left the window; 0 and 1 stay the best
 
 
 def test_a_maximised_study_keeps_its_largest_values():
-    study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=3, best=2), direction="maximize")
-    for i, value in enumerate([9.0, 1.0, 8.0, 2.0, 3.0, 0.0, 0.5, 0.1]):
-        study.add_trial(optuna.trial.create_trial(params={"x": i / 8}, distributions=X, value=value))
+    study = _study([9.0, 1.0, 8.0, 2.0, 3.0, 0.0, 0.5, 0.1], recent=3, best=2, directions=("maximize",))
     assert _numbers(study) == [0, 2, 5, 6, 7]
 
 
@@ -77,7 +77,7 @@ def test_a_deep_copy_is_asked_for_and_given():
     study = _study([float(i) for i in range(30)], recent=10, best=5)
     copies = study._storage.get_all_trials(study._study_id, deepcopy=True)
     copies[0].params["x"] = 99.0
-    assert study.trials[0].params["x"] == 0.0 and len(copies) == 15
+    assert study.trials[0].params["x"] == 0.5 and len(copies) == 15
 
 
 def test_every_other_storage_method_goes_to_the_real_storage():
@@ -161,7 +161,5 @@ def test_a_database_study_is_read_through_optunas_cache(tmp_path):
 
 
 def test_ties_keep_the_older_trials_as_tpe_does():
-    study = optuna.create_study(storage=BoundedHistory(InMemoryStorage(), recent=2, best=2), direction="maximize")
-    for i, value in enumerate([1.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.5]):
-        study.add_trial(optuna.trial.create_trial(params={"x": i / 8}, distributions=X, value=value))
+    study = _study([1.0, 1.0, 0.0, 1.0, 1.0, 0.5, 0.5], recent=2, best=2, directions=("maximize",))
     assert _numbers(study) == [0, 1, 5, 6]
