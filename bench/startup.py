@@ -49,7 +49,9 @@ def phases() -> dict[str, float]:
 
     spec = load_spec(ROOT / ARGS[0], overrides=[ARGS[2], ARGS[4]])
     lap("load and validate the spec")
-    cli._quiet(False)  # imports mlflow
+    cli._quiet(False)
+    import mlflow  # noqa: F401 - a job imports it in its parent-run thread
+
     lap("import mlflow")
     import torch  # noqa: F401
 
