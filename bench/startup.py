@@ -49,9 +49,7 @@ def phases() -> dict[str, float]:
 
     spec = load_spec(ROOT / ARGS[0], overrides=[ARGS[2], ARGS[4]])
     lap("load and validate the spec")
-    cli._quiet(False)
-    import mlflow  # noqa: F401 - a job imports it in its parent-run thread
-
+    cli._quiet(False)  # imports mlflow
     lap("import mlflow")
     import torch  # noqa: F401
 

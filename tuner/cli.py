@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional
@@ -59,11 +58,8 @@ def _user_errors(command: Callable) -> Callable:
 
 
 def _quiet(verbose: bool) -> None:
-    if not verbose:
-        # MLflow sets its loggers' levels when it is imported, from this variable (unless you set it).
-        # Naming the level here, rather than importing MLflow to set it after, leaves that import
-        # (half a second) to the job's parent-run thread, beside Ray's start.
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    import mlflow  # noqa: F401 - it sets its loggers' levels on import; set ours after
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose:
         for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
