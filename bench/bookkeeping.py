@@ -8,6 +8,14 @@ compare Tune's snapshot period: every step (0), every second (1) and Tune's own 
 service's default: at least every 10 s, more as a snapshot costs more). `--period` sets the main run's.
 `max_rss_mb` is the process's peak so far: the main run's own, and for the comparison runs after it
 no less than the main run's.
+
+`--arm` picks what runs the trials, each in its own process (run the arms one after the other):
+  service       the service's job (`tuner.run.run_job`): the default
+  plain-tpe     Ray Tune alone, as a user would write it: OptunaSearch with Optuna's TPE (whole
+                history, study in memory), Tune's default loggers, no MLflow; the same trials, space,
+                concurrency and actor reuse
+  plain-random  the same with Optuna's random sampler: what Tune itself costs a trial, the searcher
+                almost free
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 from bench.common import USER_CODE, Timer, journal_events, median, save, start_ray, table
 
@@ -69,8 +79,67 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
         else:
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
     done = [s for s in latencies if s > 0]
-    return {"trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
+    return {"arm": "service", "trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
             "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,
+            "end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
+            "end_gap_s_last_tenth": (ends[-1] - ends[-tenth]) / (tenth - 1),
+            "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:]),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **sizes}
+
+
+class _TrialEnds(Callback):
+    """When each trial ended, for the plain arms (the service's come from its journal)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.times.append(time.time())
+
+
+def plain(trials: int, sampler: str) -> dict[str, Any]:
+    """The same no-op trials through Ray Tune alone (no service, no MLflow), timed the same way."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from workloads import noop_trainable
+
+    space = {"a": tune.loguniform(1e-5, 1.0), "b": tune.uniform(0.0, 1.0), "c": tune.uniform(-1.0, 1.0),
+             "d": tune.loguniform(1e-3, 10.0), "e": tune.uniform(0.0, 0.5), "f": tune.choice([0, 1, 2, 3])}
+    if set(space) != set(SPACE):
+        raise RuntimeError("the plain arm's space must be the service arm's")
+    chosen = optuna.samplers.TPESampler(seed=0) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
+    latencies: list[float] = []
+    suggest = OptunaSearch.suggest
+
+    def timed(self, trial_id):  # on the class, as run() does: Tune pickles the searcher
+        start = time.perf_counter()
+        try:
+            return suggest(self, trial_id)
+        finally:
+            latencies.append(time.perf_counter() - start)
+
+    OptunaSearch.suggest = timed
+    ends = _TrialEnds()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+            tuner = tune.Tuner(
+                tune.with_resources(noop_trainable, {"cpu": 1}), param_space=space,
+                tune_config=tune.TuneConfig(search_alg=OptunaSearch(metric="loss", mode="min", sampler=chosen),
+                                            num_samples=trials, max_concurrent_trials=2, reuse_actors=True),
+                run_config=tune.RunConfig(storage_path=tmp, callbacks=[ends], verbose=0))
+            with Timer() as t:
+                results = tuner.fit()
+            sizes = {"tune_mb": _mb(Path(tmp))}
+    finally:
+        OptunaSearch.suggest = suggest
+    ends = sorted(ends.times)
+    tenth = max(2, len(ends) // 10)
+    done = [s for s in latencies if s > 0]
+    return {"arm": f"plain-{sampler}", "trials": trials, "snapshot_period": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto"),
+            "wall_s": t.seconds, "per_trial_s": t.seconds / trials,
+            "child_runs": sum(1 for r in results if r.error is None), "undelivered": None,
             "end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
             "end_gap_s_last_tenth": (ends[-1] - ends[-tenth]) / (tenth - 1),
             "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:]),
@@ -89,15 +158,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--compare", type=int, default=200,
                         help="trials for the snapshot-period comparison (0: none)")
     parser.add_argument("--period", default="auto", help="Tune's snapshot period for the main run (the service's: auto)")
+    parser.add_argument("--arm", choices=["service", "plain-tpe", "plain-random"], default="service")
     args = parser.parse_args(argv)
     start_ray()
-    rows = [run(args.trials, args.period), *(run(args.compare, p) for p in ("0", "1", "auto") if args.compare)]
-    table(rows, ["trials", "snapshot_period", "wall_s", "per_trial_s", "end_gap_s_first_tenth", "end_gap_s_last_tenth",
+    if args.arm == "service":
+        rows = [run(args.trials, args.period), *(run(args.compare, p) for p in ("0", "1", "auto") if args.compare)]
+    else:
+        rows = [plain(args.trials, args.arm.split("-")[1])]
+    table(rows, ["arm", "trials", "snapshot_period", "wall_s", "per_trial_s", "end_gap_s_first_tenth", "end_gap_s_last_tenth",
                  "undelivered", "suggest_ms_first_10", "suggest_ms_last_10", "max_rss_mb", "study_mb", "journal_mb",
                  "mlflow_mb", "tune_mb"], "bookkeeping: no-op trials, TPE over 6 knobs, 2 at a time")
     # The default run keeps its file name; another gets its own (bookkeeping-3000-compare-0-period-1.json).
-    default = (args.trials, args.compare, args.period) == (1000, 200, "auto")
-    save("bookkeeping" if default else f"bookkeeping-{args.trials}-compare-{args.compare}-period-{args.period}", rows)
+    default = (args.trials, args.compare, args.period, args.arm) == (1000, 200, "auto", "service")
+    if default:
+        name = "bookkeeping"
+    elif args.arm == "service":
+        name = f"bookkeeping-{args.trials}-compare-{args.compare}-period-{args.period}"
+    else:
+        name = f"bookkeeping-{args.trials}-{args.arm}"
+    save(name, rows)
     return rows
 
 
