@@ -21,12 +21,13 @@ no less than the main run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ray.tune import Callback
 
@@ -47,9 +48,31 @@ def _spec(trials: int):
 
 
 def run(trials: int, snapshot_period: str) -> dict[str, Any]:
-    from ray.tune.search.optuna import OptunaSearch
-
     from tuner.run import run_job
+
+    default_period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")  # the job's own setting yields to a set one
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period
+    try:
+        with _timed_suggestions() as latencies, tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+            with Timer() as t:
+                result = run_job(_spec(trials), output_root=Path(tmp))
+            ends = [e["time"] / 1000 for e in journal_events(Path(tmp), "noop") if e["op"] == "trial_end"]
+            sizes = {"study_mb": _mb(result.run_folder / "study.log"), "journal_mb": _mb(result.run_folder / "tracking"),
+                     "mlflow_mb": _mb(Path(tmp) / "mlflow.db"), "tune_mb": _mb(result.run_folder / "ray")}
+    finally:
+        if default_period is None:
+            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S")
+        else:
+            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
+    return {"arm": "service", "trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
+            "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,
+            **_pace(ends, latencies), **sizes}
+
+
+@contextlib.contextmanager
+def _timed_suggestions() -> Iterator[list[float]]:
+    """Time every OptunaSearch suggestion for a block (on the class: Tune pickles the searcher)."""
+    from ray.tune.search.optuna import OptunaSearch
 
     latencies: list[float] = []
     suggest = OptunaSearch.suggest
@@ -62,29 +85,22 @@ def run(trials: int, snapshot_period: str) -> dict[str, Any]:
             latencies.append(time.perf_counter() - start)
 
     OptunaSearch.suggest = timed
-    default_period = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S")  # the job's own setting yields to a set one
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = snapshot_period
     try:
-        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            with Timer() as t:
-                result = run_job(_spec(trials), output_root=Path(tmp))
-            ends = sorted(e["time"] / 1000 for e in journal_events(Path(tmp), "noop") if e["op"] == "trial_end")
-            tenth = max(2, len(ends) // 10)
-            sizes = {"study_mb": _mb(result.run_folder / "study.log"), "journal_mb": _mb(result.run_folder / "tracking"),
-                     "mlflow_mb": _mb(Path(tmp) / "mlflow.db"), "tune_mb": _mb(result.run_folder / "ray")}
+        yield latencies
     finally:
         OptunaSearch.suggest = suggest
-        if default_period is None:
-            os.environ.pop("TUNE_GLOBAL_CHECKPOINT_S")
-        else:
-            os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = default_period
+
+
+def _pace(ends: list[float], latencies: list[float]) -> dict[str, float]:
+    """The gap between trial ends over the first and the last tenth, suggestions early and late, the
+    process's peak memory."""
+    ends = sorted(ends)
+    tenth = max(2, len(ends) // 10)
     done = [s for s in latencies if s > 0]
-    return {"arm": "service", "trials": trials, "snapshot_period": snapshot_period, "wall_s": t.seconds,
-            "per_trial_s": t.seconds / trials, "child_runs": len(result.statuses), "undelivered": result.undelivered,
-            "end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
+    return {"end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
             "end_gap_s_last_tenth": (ends[-1] - ends[-tenth]) / (tenth - 1),
             "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:]),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **sizes}
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 class _TrialEnds(Callback):
@@ -110,40 +126,20 @@ def plain(trials: int, sampler: str) -> dict[str, Any]:
     if set(space) != set(SPACE):
         raise RuntimeError("the plain arm's space must be the service arm's")
     chosen = optuna.samplers.TPESampler(seed=0) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
-    latencies: list[float] = []
-    suggest = OptunaSearch.suggest
-
-    def timed(self, trial_id):  # on the class, as run() does: Tune pickles the searcher
-        start = time.perf_counter()
-        try:
-            return suggest(self, trial_id)
-        finally:
-            latencies.append(time.perf_counter() - start)
-
-    OptunaSearch.suggest = timed
     ends = _TrialEnds()
-    try:
-        with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-            tuner = tune.Tuner(
-                tune.with_resources(noop_trainable, {"cpu": 1}), param_space=space,
-                tune_config=tune.TuneConfig(search_alg=OptunaSearch(metric="loss", mode="min", sampler=chosen),
-                                            num_samples=trials, max_concurrent_trials=2, reuse_actors=True),
-                run_config=tune.RunConfig(storage_path=tmp, callbacks=[ends], verbose=0))
-            with Timer() as t:
-                results = tuner.fit()
-            sizes = {"tune_mb": _mb(Path(tmp))}
-    finally:
-        OptunaSearch.suggest = suggest
-    ends = sorted(ends.times)
-    tenth = max(2, len(ends) // 10)
-    done = [s for s in latencies if s > 0]
+    with _timed_suggestions() as latencies, tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        tuner = tune.Tuner(
+            tune.with_resources(noop_trainable, {"cpu": 1}), param_space=space,
+            tune_config=tune.TuneConfig(search_alg=OptunaSearch(metric="loss", mode="min", sampler=chosen),
+                                        num_samples=trials, max_concurrent_trials=2, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=tmp, callbacks=[ends], verbose=0))
+        with Timer() as t:
+            results = tuner.fit()
+        sizes = {"tune_mb": _mb(Path(tmp))}
     return {"arm": f"plain-{sampler}", "trials": trials, "snapshot_period": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto"),
             "wall_s": t.seconds, "per_trial_s": t.seconds / trials,
             "child_runs": sum(1 for r in results if r.error is None), "undelivered": None,
-            "end_gap_s_first_tenth": (ends[tenth - 1] - ends[0]) / (tenth - 1),
-            "end_gap_s_last_tenth": (ends[-1] - ends[-tenth]) / (tenth - 1),
-            "suggest_ms_first_10": 1000 * median(done[:10]), "suggest_ms_last_10": 1000 * median(done[-10:]),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **sizes}
+            **_pace(ends.times, latencies), **sizes}
 
 
 def _mb(path: Path) -> float:
