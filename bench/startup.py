@@ -2,8 +2,11 @@
 
 Two measurements of the demo job (2 trials, 1 epoch):
   end to end  `tuner run` as a subprocess; the first trial's start is read from the job's journal
-  phases     the same steps in a fresh interpreter, each timed: imports, spec, sanity checks,
-             the MLflow parent run (a new SQLite store creates its tables), data, Ray, first trial
+  phases     the same steps in a fresh interpreter, each timed: imports, spec, sanity checks one
+             after the other; then the job's steps, each as its start and its length from the
+             job's start, since two of them run side by side (the MLflow parent run, where a new
+             SQLite store creates its tables, in a thread beside `ray.init`), then the data, and
+             `Tuner.fit` to the first trial's start
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def end_to_end() -> float:
         return first["time"] / 1000 - start
 
 
-def phases() -> dict[str, float]:
+def phases() -> dict[str, Any]:
     """Run in a fresh interpreter (``--phases``): time each step of `tuner run` up to the first trial."""
     spent: dict[str, float] = {}
     clock = time.perf_counter()
@@ -57,37 +60,46 @@ def phases() -> dict[str, float]:
     checks = cli._run_checks(spec)
     lap("sanity checks (data + 3 checks)")
 
-    import ray  # noqa: F401
-    from ray import tune  # noqa: F401
+    import ray
+    from ray import tune
 
+    import tuner.job as job
     import tuner.run as run
-    import tuner.tracking as tracking
     lap("import ray, ray.tune")
 
-    def timed(module, name: str, label: str) -> None:
-        original = getattr(module, name)
+    began = time.perf_counter()
+    steps: dict[str, list[float]] = {}  # label -> [start, end], seconds from the job's start
+
+    def timed(owner, name: str, label: str) -> None:
+        original = getattr(owner, name)
 
         def wrapper(*args, **kwargs):
-            lap("(between)") if clock else None
-            result = original(*args, **kwargs)
-            lap(label)
-            return result
+            steps.setdefault(label, [time.perf_counter() - began])
+            try:
+                return original(*args, **kwargs)
+            finally:
+                steps[label][1:] = [time.perf_counter() - began]
 
-        setattr(module, name, wrapper)
+        setattr(owner, name, wrapper)
 
-    timed(tracking, "start_parent_run", "MLflow parent run (new SQLite store)")
-    timed(run, "factories", "load the data set")
-    timed(run, "_init_ray", "ray.init")
+    # Where tuner.job looks them up (it imports them by name), and Ray's own.
+    timed(job, "start_parent_run", "MLflow parent run (new SQLite store), in a thread beside ray.init")
+    timed(ray, "init", "ray.init (local)")
+    timed(job, "factories", "load the data set")
 
     class FirstTrial(tune.Callback):
+        def setup(self, **info):
+            steps.setdefault("Tuner.fit to the first trial", [time.perf_counter() - began])
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            if "Tuner.fit to the first trial" not in spent:
-                lap("Tuner.fit to the first trial")
+            step = steps["Tuner.fit to the first trial"]
+            if len(step) == 1:
+                step.append(time.perf_counter() - began)
 
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         run.run_job(spec, output_root=Path(tmp), checks=checks, callbacks=[FirstTrial()])
-    spent.pop("(between)", None)
-    return spent
+    return {"before the job": spent, "job steps": {label: {"starts_at": se[0], "seconds": se[1] - se[0]}
+                                                    for label, se in steps.items()}}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -102,10 +114,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     runs = [json.loads(subprocess.run([sys.executable, "-m", "bench.startup", "--phases"], cwd=ROOT, check=True,
                                       capture_output=True, text=True).stdout.strip().splitlines()[-1])
             for _ in range(args.reps)]
-    rows = [{"phase": name, "seconds": median([r[name] for r in runs])} for name in runs[0]]
-    rows.append({"phase": "sum of phases", "seconds": sum(r["seconds"] for r in rows)})
-    rows.append({"phase": "end to end: tuner run -> first trial starts", "seconds": median(totals)})
-    table(rows, ["phase", "seconds"], f"start-up of `tuner run` (median of {args.reps})")
+    before = runs[0]["before the job"]
+    rows = [{"phase": name, "seconds": median([r["before the job"][name] for r in runs]), "starts_at_s": None}
+            for name in before]
+    rows.append({"phase": "sum of the steps before the job", "seconds": sum(r["seconds"] for r in rows),
+                 "starts_at_s": None})
+    rows += [{"phase": name, "seconds": median([r["job steps"][name]["seconds"] for r in runs]),
+              "starts_at_s": median([r["job steps"][name]["starts_at"] for r in runs])}
+             for name in runs[0]["job steps"]]
+    rows.append({"phase": "end to end: tuner run -> first trial starts", "seconds": median(totals), "starts_at_s": None})
+    table(rows, ["phase", "seconds", "starts_at_s"],
+          f"start-up of `tuner run` (median of {args.reps}; starts_at_s: from the job's start)")
     save("startup", rows, end_to_end_runs=totals, phase_runs=runs)
     return rows
 
