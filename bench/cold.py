@@ -69,7 +69,10 @@ def run_arm(arm: str, base: Path, warm_root: Path) -> dict:
             root = warm_root if arm in WARM else Path(tmp) / "out"
             command = [*TUNER, "run", f"{tmp}/job.yaml", "--output-dir", str(root), "--skip-checks"]
             if arm == "tuner warm, next job":  # one job first, on the same service, not timed
-                subprocess.run(command, cwd=tmp, env=_env(), capture_output=True, check=True)
+                first = subprocess.run(command, cwd=tmp, env=_env(), capture_output=True, text=True)
+                if first.returncode != 0:
+                    raise RuntimeError(f"{arm}, the untimed first job: exit {first.returncode}: "
+                                       f"{first.stdout[-1500:]}{first.stderr[-1500:]}")
                 _until_idle()
         started_epoch, started = time.time(), time.perf_counter()
         done = subprocess.run(command, cwd=tmp, env=_env(), capture_output=True, text=True)
