@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--compare", type=int, default=200,
-                        help="trials for the snapshot-period comparison (0: none)")
+                        help="trials for the snapshot-period comparison (0: none; the service arm only)")
     parser.add_argument("--period", default="auto", help="Tune's snapshot period for the main run (the service's: auto)")
     parser.add_argument("--arm", choices=["service", "plain-tpe", "plain-random"], default="service")
     args = parser.parse_args(argv)
