@@ -87,13 +87,15 @@ class Cluster:
         return sum(1 for n in nodes if n["state"] == "ALIVE")
 
     def actor_nodes(self, class_name: str) -> set[str]:
-        """The node ids that ran actors of ``class_name`` (Ray's state API keeps dead actors too)."""
-        request = urllib.request.Request(
-            f"{self.address}/api/v0/actors?limit=1000&detail=1&filter_keys=class_name&filter_predicates=%3D"
-            f"&filter_values={class_name}", headers={"Authorization": f"Bearer {self.token}"})
+        """The node ids that ran actors of ``class_name`` (Ray's state API keeps dead actors too). The API
+        names a class by its qualified name or by its plain one: the same job's trial actors showed as
+        ``wrap_function.<locals>.ImplicitFunc`` in some runs and ``ImplicitFunc`` in others, so the
+        last part of the name is compared (a filter on the exact name found none in the first case)."""
+        request = urllib.request.Request(f"{self.address}/api/v0/actors?limit=1000&detail=1",
+                                         headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(request, timeout=10) as response:
             actors = json.load(response)["data"]["result"]["result"]
-        return {a["node_id"] for a in actors}
+        return {a["node_id"] for a in actors if str(a.get("class_name")).rsplit(".", 1)[-1] == class_name}
 
     def tuner(self, *args: str, token: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
         env = self.env("submitter", RAY_AUTH_TOKEN=token or self.token)
