@@ -119,18 +119,17 @@ def plain(trials: int, sampler: str) -> dict[str, Any]:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from search_spaces import to_optuna
     from workloads import noop_trainable
 
-    space = {"a": tune.loguniform(1e-5, 1.0), "b": tune.uniform(0.0, 1.0), "c": tune.uniform(-1.0, 1.0),
-             "d": tune.loguniform(1e-3, 10.0), "e": tune.uniform(0.0, 0.5), "f": tune.choice([0, 1, 2, 3])}
-    if set(space) != set(SPACE):
-        raise RuntimeError("the plain arm's space must be the service arm's")
     chosen = optuna.samplers.TPESampler(seed=0) if sampler == "tpe" else optuna.samplers.RandomSampler(seed=0)
     ends = _TrialEnds()
     with _timed_suggestions() as latencies, tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
         tuner = tune.Tuner(
-            tune.with_resources(noop_trainable, {"cpu": 1}), param_space=space,
-            tune_config=tune.TuneConfig(search_alg=OptunaSearch(metric="loss", mode="min", sampler=chosen),
+            tune.with_resources(noop_trainable, {"cpu": 1}),
+            # The service arm's space, as the Optuna distributions Tune would convert its own domains to.
+            tune_config=tune.TuneConfig(search_alg=OptunaSearch(to_optuna(SPACE), metric="loss", mode="min",
+                                                                sampler=chosen),
                                         num_samples=trials, max_concurrent_trials=2, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=tmp, callbacks=[ends], verbose=0))
         with Timer() as t:
