@@ -69,20 +69,22 @@ def run_arm(arm: str, base: Path, warm_root: Path) -> dict:
             root = warm_root if arm in WARM else Path(tmp) / "out"
             command = [*TUNER, "run", f"{tmp}/job.yaml", "--output-dir", str(root), "--skip-checks"]
             if arm == "tuner warm, next job":  # one job first, on the same service, not timed
-                first = subprocess.run(command, cwd=tmp, env=_env(), capture_output=True, text=True)
-                if first.returncode != 0:
-                    raise RuntimeError(f"{arm}, the untimed first job: exit {first.returncode}: "
-                                       f"{first.stdout[-1500:]}{first.stderr[-1500:]}")
+                _run(command, tmp, f"{arm}, the untimed first job")
                 _until_idle()
         started_epoch, started = time.time(), time.perf_counter()
-        done = subprocess.run(command, cwd=tmp, env=_env(), capture_output=True, text=True)
+        _run(command, tmp, arm)
         wall, ended_epoch = time.perf_counter() - started, time.time()
-        if done.returncode != 0:
-            raise RuntimeError(f"{arm}: exit {done.returncode}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
         row = {"arm": arm, "wall_s": wall}
         if root is not None:
             row.update(_phases(root, started_epoch, ended_epoch))
         return row
+
+
+def _run(command: list[str], cwd: str, what: str) -> None:
+    """Run a command to its end; a failure raises with the end of its output."""
+    done = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what}: exit {done.returncode}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
 
 
 def _phases(root: Path, started: float, ended: float) -> dict:
