@@ -133,3 +133,49 @@ def test_ensemble_model_and_export_train_reproduce(ray_session, tmp_path):
     train = subprocess.run([*cli, "train", str(best)], capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
     assert train.stdout.strip().splitlines()[-1] == f"best val_loss={result.best_value!r}"
+
+
+MONITOR_SCRIPT = r'''
+import json, os
+from pathlib import Path
+import ray
+from tuner.engine import ray_session
+from tuner.spec import spec_from_mapping
+
+def monitors():
+    """This process's children running Ray's autoscaler monitor (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone since the listing
+        if ppid == os.getpid() and any(part.endswith(b"autoscaler/_private/monitor.py") for part in cmdline):
+            found.append(proc.name)
+    return found
+
+seen = {}
+shutdown = ray.shutdown
+def watched_shutdown(*args, **kwargs):
+    seen["monitors_at_shutdown"] = len(monitors())
+    return shutdown(*args, **kwargs)
+ray.shutdown = watched_shutdown
+with ray_session(spec_from_mapping({"name": "m"}), None, verbose=False):
+    seen["monitors_while_running"] = len(monitors())
+seen["ray_running_after"] = ray.is_initialized()
+print(json.dumps(seen))
+'''
+
+
+def test_a_local_rays_monitor_is_stopped_before_ray_shutdown():
+    """Pins Ray's private `Node.kill_monitor` (README, tuner/engine.py `_stop_monitor_first`): Ray's
+    own shutdown stops the GCS first and the monitor then hangs a second on it. In a fresh process,
+    because the suite's shared Ray would make `ray_session` attach instead of start one."""
+    out = subprocess.run([sys.executable, "-c", MONITOR_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import ray
+
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"monitors_while_running": 1, "monitors_at_shutdown": 0, "ray_running_after": False}, (
+        f"ray {ray.__version__}: {seen}; see tuner/engine.py _stop_monitor_first")
