@@ -26,9 +26,20 @@ def machine() -> dict[str, Any]:
     import ray
     import torch
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "python": platform.python_version(),
+            "platform": platform.platform(),
             "ray": ray.__version__, "optuna": optuna.__version__, "mlflow": mlflow.__version__,
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def cpu_model() -> str:
+    """The CPU's name as Linux gives it: the same code ran about twice as fast on one machine of this
+    project's kind as on another (BENCHMARKS.md), so each results file says which it ran on."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "unknown")
+    except OSError:
+        return platform.processor() or "unknown"
 
 
 def start_ray(num_cpus: int = 2) -> None:
