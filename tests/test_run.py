@@ -150,7 +150,7 @@ def monitors():
             ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
-            continue  # gone since the listing
+            continue  # gone since the listing, or not readable
         if ppid == os.getpid() and any(part.endswith(b"autoscaler/_private/monitor.py") for part in cmdline):
             found.append(proc.name)
     return found

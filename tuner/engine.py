@@ -139,9 +139,9 @@ def _stop_monitor_first() -> None:
 
     Ray 2.60's shutdown stops the GCS before the monitor; the monitor's SIGTERM handler then writes
     to the stopped GCS and hangs until Ray kills it a second later (`Node.kill_all_processes`):
-    1.2-1.5 s of shutdown, against 0.2-0.5 s with the monitor killed first. A single-node Ray's
-    monitor has nothing to keep. No public API reaches the processes `ray.init` started, so this
-    is Ray's private `Node.kill_monitor` (README; tests/test_run.py pins it).
+    1.2-1.6 s of shutdown, against 0.2-0.5 s with the monitor killed first (BENCHMARKS.md,
+    section 8). A single-node Ray's monitor has nothing to keep. No public API reaches the processes
+    `ray.init` started, so this is Ray's private `Node.kill_monitor` (README; tests/test_run.py pins it).
     """
     from ray._private import worker
 
