@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## a 16-trial TPE job on digits, embedded Ray and MLflow (tuner_runs/)
 	$(VENV)/bin/tuner run examples/digits-mlp.yaml
 
-test: $(STAMP)  ## the whole suite (8 to 18 minutes on 2 cores, by machine)
+test: $(STAMP)  ## the whole suite (8 to 21 minutes on 2 cores, by machine)
 	$(PYTHON) -m pytest -q -p no:cacheprovider --timeout=600
 
 test-fast: $(STAMP)  ## without the tests that start Ray
