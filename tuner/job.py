@@ -145,9 +145,9 @@ class Job:
                     self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
                     results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
                                          searcher=self.searcher, verbose=verbose).fit()
-                # Ray's shutdown takes half a second or more when this job started Ray (its processes
-                # get SIGTERM and time to exit); nothing after Tune needs Ray, so it runs beside the
-                # report and the ensemble, and the job waits for both.
+                # Ray's shutdown takes 0.2-0.6 s when this job started Ray (its processes get SIGTERM
+                # and time to exit; BENCHMARKS.md, section 8); nothing after Tune needs Ray, so it runs
+                # beside the report and the ensemble, and the job waits for both.
                 shutdown = pool.submit(ray.close)
                 try:
                     result = self.finish(results, made, stopped=stopped.is_set())
