@@ -25,11 +25,15 @@ class Result:
 
     @property
     def metrics(self) -> dict:
+        if self.index == 0:  # Ray's result of a trial that never reported: no metrics, so no config
+            return {}
         return {"trial_id": self.trial_id, "experiment_tag": f"{self.index}_lr={self.config['lr']}",
                 "training_iteration": len(self.losses)}
 
     @property
     def metrics_dataframe(self):
+        if self.index == 0:
+            return None
         return pd.DataFrame({"val_loss": self.losses}) if self.losses else None
 
 
@@ -69,3 +73,17 @@ def test_one_finished_trial_makes_a_csv_and_no_plots(tmp_path: Path):
     written = write_report(SPEC, RESULTS[:1], rank_trials(RESULTS[:1], metric="val_loss", mode="min"),
                            {"trial-001": "FINISHED"}, tmp_path)
     assert [p.name for p in written] == ["trials.csv"]
+
+
+def test_a_stopped_jobs_trials_that_never_reported_are_rows_only_if_they_started(tmp_path: Path):
+    """`tuner stop` can end a trial before its first epoch (Ray's result has no metrics and no config)
+    and leave others pending (never started: no trial of the job's, in no row)."""
+    results = RESULTS[:2] + [Result("f", 0, [], None, path="/runs/ray/trial-006"),  # type: ignore[arg-type]
+                             Result("g", 0, [], None, path="/runs/ray/trial-007")]  # type: ignore[arg-type]
+    statuses = {"trial-001": "FINISHED", "trial-002": "FINISHED", "trial-006": "KILLED"}
+    written = write_report(SPEC, results, rank_trials(results, metric="val_loss", mode="min"), statuses, tmp_path)
+    assert "parallel_coordinate.png" in {p.name for p in written}
+    rows = pd.read_csv(tmp_path / "trials.csv")
+    assert list(rows["trial"]) == ["trial-001", "trial-002", "trial-006"]
+    assert list(rows["status"]) == ["FINISHED", "FINISHED", "KILLED"]
+    assert rows["lr"].isna().tolist() == [False, False, True]

@@ -48,18 +48,25 @@ def rank_trials(results, *, metric: str, mode: str) -> list[RankedTrial]:
 
 
 def trial_rows(spec: JobSpec, results, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per trial of the job. A trial that never reported has no metrics and no config in Ray's
+    result (a stopped job's trial stopped before its first epoch): its params are left blank, and one
+    that the journal never saw start (still pending when the job stopped) was no trial of the job's."""
     rows = []
     for result in results:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        metrics = result.metrics or {}
+        # The trial's folder is named as its run (the engine's trial_dirname_creator).
+        name = (trial_run_name(metrics["trial_id"], metrics.get("experiment_tag")) if "trial_id" in metrics
+                else Path(result.path).name)
+        if not metrics and result.error is None and name not in statuses:
+            continue
         frame = result.metrics_dataframe
         best = None
         if frame is not None and spec.objective in frame and not frame[spec.objective].dropna().empty:
             best = float(frame[spec.objective].min() if spec.direction == "min" else frame[spec.objective].max())
-        name = trial_run_name(trial_id, (result.metrics or {}).get("experiment_tag"))
+        config = result.config or {}
         rows.append({"trial": name, "status": statuses.get(name, "FAILED" if result.error else "FINISHED"),
-                     f"best_{spec.objective}": best, "epochs": (result.metrics or {}).get("training_iteration"),
-                     **{k: result.config.get(k) for k in spec.space},
-                     SAMPLED: [k for k in spec.space if k in result.config]})
+                     f"best_{spec.objective}": best, "epochs": metrics.get("training_iteration"),
+                     **{k: config.get(k) for k in spec.space}, SAMPLED: [k for k in spec.space if k in config]})
     return sorted(rows, key=lambda r: r["trial"])
 
 
