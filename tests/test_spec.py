@@ -53,6 +53,17 @@ def test_cli_validate_exits_2_with_one_line_and_writes_nothing(path: Path, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_long_path_stays_on_one_line_in_a_pipe(tmp_path: Path):
+    """Paths, URLs and commands are printed whole: a deep project folder does not break them in two."""
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 8)
+    deep.mkdir(parents=True)
+    spec = deep / "job.yaml"
+    spec.write_text((EXAMPLES / "digits-mlp.yaml").read_text())
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 0, result.output
+    assert len(str(spec)) > 200 and result.output.splitlines()[0] == f"{spec}: ok"
+
+
 def test_did_you_mean_for_unknown_keys():
     with pytest.raises(SpecError, match=r"search\.algoritm: unknown key; did you mean 'algorithm'\?"):
         spec_from_mapping({"name": "x", "search": {"algoritm": "tpe"}})

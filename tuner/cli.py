@@ -35,7 +35,9 @@ from tuner.errors import UserError, describe, redact, tracking_errors
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hyperparameter tuning for PyTorch: one YAML job, Ray Tune + Optuna, every trial in MLflow.")
 # Wide enough for the summary table when the output is a pipe or a file (rich assumes 80 columns there).
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+# soft_wrap: a line is never broken by Rich (a path, a URL or a command to copy stays on one line, in
+# a pipe too); tables still fit the width.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one-line messages stay one line in a pipe
 
 SetOption = typer.Option([], "--set", help="Override a spec value: key.path=value (YAML value). Repeatable.")
