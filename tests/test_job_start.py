@@ -84,3 +84,42 @@ def test_a_store_that_refuses_while_ray_fails_too_names_both_in_one_line(tmp_pat
     assert f"127.0.0.1:{closed}" in message and "\n" not in message
     assert "Ray did not start either: ConnectionError: no Ray cluster answers at 10.9.9.9:6379" in message
     assert list((tmp_path / "runs" / "starts").iterdir()) == []
+
+
+def test_ctrl_c_and_sigterm_ask_tunes_loop_to_stop_and_a_second_ctrl_c_does_not_wait(monkeypatch):
+    """`stop_on_signals` around Tune's loop: the first Ctrl-C or SIGTERM is recorded and handed to
+    Tune's SIGUSR1 handler (a stand-in for it here, installed as tune.run installs it); before Tune's
+    handler is there, or on a second Ctrl-C, KeyboardInterrupt. Everything is put back afterwards."""
+    import os
+    import signal
+
+    from tuner.engine import stop_on_signals
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    with stop_on_signals() as early:
+        assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's own handler would tell no one
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # Tune's loop has not started: nothing to stop gently
+    assert early.signal == "SIGINT"
+    assert {s: signal.getsignal(s) for s in before} == before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+
+    for first in (signal.SIGINT, signal.SIGTERM):
+        told = []
+        with stop_on_signals() as request:
+            signal.signal(signal.SIGUSR1, lambda signum, frame: told.append(signum))  # tune.run's handler
+            signal.raise_signal(first)
+            assert request.is_set() and request.signal == first.name and told == [signal.SIGUSR1]
+            signal.raise_signal(signal.SIGTERM)  # told once
+            assert told == [signal.SIGUSR1]
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert {s: signal.getsignal(s) for s in before} == before
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a shell's background job ignores Ctrl-C
+    try:
+        with stop_on_signals() as ignored:
+            signal.raise_signal(signal.SIGINT)
+        assert not ignored.is_set() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

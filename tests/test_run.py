@@ -179,3 +179,49 @@ def test_a_local_rays_monitor_is_stopped_before_ray_shutdown():
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen == {"monitors_while_running": 1, "monitors_at_shutdown": 0, "ray_running_after": False}, (
         f"ray {ray.__version__}: {seen}; see tuner/engine.py _stop_monitor_first")
+
+
+def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_and_charged(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the command's process group) while trials run: Tune stops them,
+    the job records them KILLED (with Ctrl-C as the reason) and charges their time, the parent run ends
+    KILLED, and the command exits 130. Tune's own Ctrl-C handler ended such a job FINISHED."""
+    import signal
+    import time
+
+    (tmp_path / "job.yaml").write_text(json.dumps({
+        "name": "ctrlc", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "mode": "min", "ensemble": {"top_k": 0}, "fixed": {"epochs": 40, "sleep": 0.3},
+        "search": {"algorithm": "random", "num_samples": 6, "max_concurrent": 2, "seed": 0,
+                   "space": {"x": {"uniform": [0.0, 0.5]}}}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def ops() -> list[str]:  # read, not opened as a Journal: that would cut a line being written
+        lines = b"".join(p.read_bytes() for p in tmp_path.glob("tuner_runs/ctrlc/*/tracking/events.jsonl"))
+        return [json.loads(line)["op"] for line in lines.split(b"\n")[:-1]]
+
+    try:
+        deadline = time.monotonic() + 180
+        while "metrics" not in ops():  # a trial has reported: Tune's loop runs
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output
+    assert "(the job was stopped: running trials recorded as KILLED)" in output
+    folder = next(tmp_path.glob("tuner_runs/ctrlc/*/"))
+    assert output.splitlines()[-1] == f"resume: tuner resume {folder}", output
+    state = json.loads((folder / "job.json").read_text())
+    assert state["status"] == "killed", state
+    _, parent, runs = _children(f"sqlite:///{tmp_path / 'tuner_runs' / 'mlflow.db'}", state["parent_run_id"])
+    assert parent.info.status == "KILLED" and parent.data.tags["tuner.status"] == "KILLED"
+    assert len(runs) == ops().count("trial_start") < 6  # each trial that started, once; the pending ones never ran
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all(r.data.tags["tuner.end"] == "stopped: the job was stopped (Ctrl-C)" for r in killed)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+    assert parent.data.metrics["trial_hours"] > 0 and all(r.data.metrics["trial_wall_s"] > 0 for r in killed)

@@ -158,7 +158,7 @@ def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List
             raise typer.Exit(1)
     result = run_job(job, output_root=output_dir, checks=checks, callbacks=_progress(job, verbose), verbose=verbose)
     _print_result(result, job)
-    raise typer.Exit(0 if result.succeeded else 1)
+    raise typer.Exit(_exit_code(result))
 
 
 def _progress(job: Any, verbose: bool) -> list:
@@ -227,6 +227,8 @@ def _print_result(result: Any, job: Any) -> None:
     if result.ray_service:
         out.print(f"Ray: the local service's head at {result.ray_service} (tuner up; tuner down stops it)")
     out.print(f"export: tuner export {job.name} -o best.yaml --tracking-uri {where}")
+    if result.stopped:  # Tune saved its state: the stopped trials run again, the pending ones run
+        out.print(f"resume: tuner resume {result.run_folder}")
     if result.undelivered:
         err.print(f"{result.undelivered} tracking events were not delivered to {where}; they are kept "
                   f"in {result.run_folder}/tracking: run `tuner sync {result.run_folder}` once the server is back")
@@ -305,7 +307,17 @@ def resume(job: str = typer.Argument(..., help="Job name (its newest run) or run
     _quiet(verbose)
     result = resume_job(folder, verbose=verbose)
     _print_result(result, load_spec(folder.spec))
-    raise typer.Exit(0 if result.succeeded else 1)
+    raise typer.Exit(_exit_code(result))
+
+
+def _exit_code(result: Any) -> int:
+    """0 when a trial ran to its end, 1 when none did; a job stopped by a signal (Ctrl-C, `tuner stop`)
+    exits as the shell reports a command that signal ended: 128 + its number (130 for Ctrl-C)."""
+    if result.stop_signal is not None:
+        import signal
+
+        return 128 + signal.Signals[result.stop_signal].value
+    return 0 if result.succeeded else 1
 
 
 @app.command()

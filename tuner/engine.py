@@ -155,22 +155,54 @@ def in_ray_job() -> bool:
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
 
 
+@dataclass
+class StopRequest:
+    """Which signal asked a running job to stop (None: none did)."""
+
+    signal: str | None = None
+
+    def is_set(self) -> bool:
+        return self.signal is not None
+
+
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """SIGTERM (how `tuner stop`, Ray's Jobs API and Kubernetes stop a job) ends the job the way
-    Ctrl-C does: Tune stops the running trials and saves its state (its handler listens on SIGUSR1
-    too), and the job then closes those trials as KILLED instead of dying with them."""
-    stopped = threading.Event()
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGTERM (how `tuner stop`, Ray's Jobs API and Kubernetes stop a job) and the first Ctrl-C end
+    the job one way: Tune stops the running trials and saves its state (its handler listens on
+    SIGUSR1), and the job then closes those trials as KILLED and its parent run KILLED, instead of
+    dying with them. Tune's own Ctrl-C handler is turned off meanwhile (``TUNE_DISABLE_SIGINT_HANDLER``,
+    one of Tune's documented settings): it stops Tune the same way but tells no one, so a job
+    Ctrl-C'd mid-search ended FINISHED, its running trials FINISHED. A second Ctrl-C raises
+    KeyboardInterrupt at once, as Tune's does; so does the first when Tune's loop has not started (its
+    handler is not there yet: there is nothing to stop gently). A Ctrl-C the process ignores (a
+    background job of a shell) stays ignored."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield stopped
+        yield request
         return
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        stopped.set()
+    def on_signal(signum: int, frame: Any) -> None:
+        if request.is_set():
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        request.signal = signal.Signals(signum).name
+        if signal.getsignal(signal.SIGUSR1) is on_signal:  # Tune's loop has not replaced it yet
+            raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGUSR1)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    watched = [signal.SIGTERM, signal.SIGUSR1]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        watched.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, on_signal) for signum in watched}
+    tune_setting = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     try:
-        yield stopped
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if tune_setting is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = tune_setting

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_sigterm
+from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_signals
 from tuner.errors import (NotFoundError, TrackingRefused, TrackingUnavailable, UserError, describe, redact,
                           tracking_errors)
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
@@ -55,7 +55,8 @@ class JobResult:
     cost: dict[str, float] = field(default_factory=dict)  # trial_hours, cpu_hours, gpu_hours of the ended trials
     budget_spent: str | None = None  # what of search.budget stopped new trials, if it did
     undelivered: int = 0
-    stopped: bool = False  # ended by SIGTERM (tuner stop) before all trials ran
+    stopped: bool = False  # ended by SIGTERM (tuner stop) or Ctrl-C before all trials ran
+    stop_signal: str | None = None  # which: SIGTERM or SIGINT
     ray_service: str | None = None  # the address of the `tuner up` Ray head the job attached to
     service_ui: str | None = None  # that service's MLflow UI
 
@@ -141,7 +142,7 @@ class Job:
                                             mode=self.spec.direction, max_t=_max_t(self.spec),
                                             resources=self.spec.trial.resources.model_dump())
                 import_in_background()  # the report's plotting modules, while the trials run
-                with stop_on_sigterm() as stopped:
+                with stop_on_signals() as stopped:
                     self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
                     results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
                                          searcher=self.searcher, verbose=verbose).fit()
@@ -150,7 +151,7 @@ class Job:
                 # beside the report and the ensemble, and the job waits for both.
                 shutdown = pool.submit(ray.close)
                 try:
-                    result = self.finish(results, made, stopped=stopped.is_set())
+                    result = self.finish(results, made, stop_signal=stopped.signal)
                 except BaseException:
                     if shutdown.exception() is not None:  # the job's own error goes on; Ray's is told
                         log.warning("Ray's shutdown failed as well: %s", describe(shutdown.exception()))
@@ -169,24 +170,28 @@ class Job:
             made = factories(self.spec)
             import_in_background()
             with ray_session(self.spec, self.folder, verbose=verbose, service=self.service), \
-                    stop_on_sigterm() as stopped:
+                    stop_on_signals() as stopped:
                 results = restore_tuner(self.spec, self.folder, made).fit()
-            return self.finish(results, made, stopped=stopped.is_set())
+            return self.finish(results, made, stop_signal=stopped.signal)
 
-    def finish(self, results, made: Factories | None, *, stopped: bool = False) -> JobResult:
-        """After Tune: rank trials, ensemble, report, close the parent run, flush tracking."""
+    def finish(self, results, made: Factories | None, *, stop_signal: str | None = None) -> JobResult:
+        """After Tune: rank trials, ensemble, report, close the parent run, flush tracking. ``stop_signal``:
+        what stopped Tune before its end (SIGTERM or SIGINT), if anything did."""
         from tuner.report import rank_trials, write_report
 
+        stopped = stop_signal is not None
         spec, tracker = self.spec, self.tracker
         if tracker is None or self.parent_run_id is None:
             raise RuntimeError("Job.finish comes after fit or resume, which open the parent run and its writer")
         ranked = rank_trials(results, metric=spec.objective, mode=spec.direction)
-        statuses = trial_statuses(tracker, results, stopped=stopped)
+        statuses = trial_statuses(tracker, results, stopped=stop_signal,
+                                  resources=spec.trial.resources.model_dump())
         if not stopped:
             close_unfinished(*self.study)  # trials Tune forgot after a crash: FAIL, not RUNNING for ever
         result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
                            experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
-                           statuses=statuses, top=ranked[:5], stopped=stopped, view=self.view,
+                           statuses=statuses, top=ranked[:5], stopped=stopped, stop_signal=stop_signal,
+                           view=self.view,
                            ray_service=self.service and self.service.ray_address,
                            service_ui=self.service and self.service.ui_url)
         if ranked:

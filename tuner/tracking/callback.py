@@ -18,6 +18,7 @@ job's callback squares them with Tune from what Tune tells every callback (publi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -163,14 +164,20 @@ def _closed_by_the_job(event: dict[str, Any]) -> bool:
     return event["op"] == "trial_end" and event.get("tags", {}).get("tuner.end", "").startswith(CLOSED_BY_THE_JOB)
 
 
-def trial_statuses(tracker: Tracker, results, *, stopped: bool = False) -> dict[str, str]:
+def trial_statuses(tracker: Tracker, results, *, stopped: str | None = None,
+                   resources: dict[str, float] | None = None) -> dict[str, str]:
     """Each trial's final status by name, from the journal (the record that survives driver crashes).
 
     A trial the journal saw start but not end is closed from Ray's own results; one that Ray does not
     know at all is closed as KILLED with the reason. Every trial that ever ran is accounted for once;
-    a forgotten one (see the module's doc) is not a trial of the job's.
+    a forgotten one (see the module's doc) is not a trial of the job's. ``stopped``: the signal that
+    stopped the job before its end, if one did (its running trials end KILLED, with it in the reason).
+    A trial closed here is charged, as the callback charges one, for the training time Ray last
+    reported for it times ``resources`` (a trial's CPUs and GPUs).
     """
-    ray_errors = {r.metrics["trial_id"]: r.error for r in results if r.metrics and "trial_id" in r.metrics}
+    ray_results = {r.metrics["trial_id"]: r for r in results if r.metrics and "trial_id" in r.metrics}
+    ray_errors = {trial: result.error for trial, result in ray_results.items()}
+    held = {"cpu": 1.0, "gpu": 0.0, **(resources or {})}
     names, statuses = {}, {}
     for event in tracker.journal.events:
         if event["op"] == "trial_start":
@@ -184,13 +191,16 @@ def trial_statuses(tracker: Tracker, results, *, stopped: bool = False) -> dict[
         if status != "RUNNING":
             continue
         if stopped and ray_errors.get(trial) is None:
-            end = TrialEnd(trial, "KILLED", {"tuner.end": "stopped: the job was stopped (SIGTERM, e.g. tuner stop)"})
+            how = "Ctrl-C" if stopped == "SIGINT" else f"{stopped}, e.g. tuner stop"
+            end = TrialEnd(trial, "KILLED", {"tuner.end": f"stopped: the job was stopped ({how})"})
         elif trial not in ray_errors:
             end = TrialEnd(trial, "KILLED", {"tuner.end": "lost: the driver stopped before Ray saved this trial"})
         elif ray_errors[trial] is not None:
             end = TrialEnd(trial, "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]})
         else:
             end = TrialEnd(trial, "FINISHED", {"tuner.end": "finished (recorded from Ray's results after a restart)"})
+        wall = float(ray_results[trial].metrics.get("time_total_s") or 0.0) if trial in ray_results else 0.0
+        end = replace(end, metrics={"trial_wall_s": wall, "cpu_s": wall * held["cpu"], "gpu_s": wall * held["gpu"]})
         tracker.emit(**end.event())
         statuses[trial] = end.status
     return {names[trial]: status for trial, status in statuses.items()}
