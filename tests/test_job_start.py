@@ -90,12 +90,23 @@ def test_ctrl_c_and_sigterm_ask_tunes_loop_to_stop_and_a_second_ctrl_c_does_not_
     """`stop_on_signals` around Tune's loop: the first Ctrl-C or SIGTERM is recorded and handed to
     Tune's SIGUSR1 handler (a stand-in for it here, installed as tune.run installs it); before Tune's
     handler is there, or on a second Ctrl-C, KeyboardInterrupt. Everything is put back afterwards."""
+    import signal
+
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
+    # Python's own Ctrl-C handler, as in a terminal (a suite started in a shell's background ignores it).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ask_tune_to_stop()
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def _ask_tune_to_stop() -> None:
     import os
     import signal
 
     from tuner.engine import stop_on_signals
 
-    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     with stop_on_signals() as early:
         assert os.environ["TUNE_DISABLE_SIGINT_HANDLER"] == "1"  # Tune's own handler would tell no one

@@ -194,8 +194,11 @@ def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_an
         "search": {"algorithm": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0,
                    "space": {"x": {"uniform": [0.0, 0.5]}}}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # As a terminal's foreground command: Ctrl-C not ignored (a suite started in the background of a
+    # shell ignores it, and its children inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
     def ops() -> list[str]:  # read, not opened as a Journal: that would cut a line being written
         lines = b"".join(p.read_bytes() for p in tmp_path.glob("tuner_runs/ctrlc/*/tracking/events.jsonl"))
