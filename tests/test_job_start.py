@@ -58,6 +58,27 @@ def test_ray_failing_to_start_fails_the_job_with_the_reason_on_its_parent_run(tm
     assert state["status"] == "failed"
 
 
+def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_path, monkeypatch):
+    """Ray's SIGTERM handler in the driver raises SystemExit(15); before Tune's loop (here: while the
+    job builds its factories) that is the job being stopped, not failing: its parent run ends KILLED.
+    It ended FAILED with 'SystemExit: 15' (tried on 2026-12-07, SIGTERM 9 and 12 s into a job)."""
+    ray = StandInRay()
+    monkeypatch.setattr(job_module, "ray_session", ray)
+
+    def sigterm_meanwhile(spec):
+        raise SystemExit(15)
+
+    monkeypatch.setattr(job_module, "factories", sigterm_meanwhile)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(SystemExit):
+        run_job(_spec(store), output_root=tmp_path / "runs")
+    (folder,) = (tmp_path / "runs" / "starts").iterdir()
+    state = json.loads((folder / "job.json").read_text())
+    assert state["status"] == "killed" and not (folder / "error.txt").exists()
+    assert MlflowClient(store).get_run(state["parent_run_id"]).info.status == "KILLED"
+    assert (ray.entered, ray.exited) == (1, 1)
+
+
 def test_a_store_that_refuses_the_job_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     ray = StandInRay()
     monkeypatch.setattr(job_module, "ray_session", ray)

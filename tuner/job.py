@@ -266,12 +266,13 @@ class Job:
         """Whatever stops the job after its parent run exists (a data file that does not parse, an
         engine error, a full disk) ends the parent run FAILED with the reason: the traceback goes to
         ``error.txt`` in the run folder and on the parent run, the command prints one line. Ctrl-C that
-        gets past Tune ends it KILLED."""
+        gets past Tune ends it KILLED, and so does a SIGTERM before or after Tune's loop (Ray's handler
+        in the driver turns it into SystemExit)."""
         try:
             yield
         except JobFailed:
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             self._end_parent("KILLED", {})
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
