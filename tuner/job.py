@@ -55,10 +55,13 @@ class JobResult:
     cost: dict[str, float] = field(default_factory=dict)  # trial_hours, cpu_hours, gpu_hours of the ended trials
     budget_spent: str | None = None  # what of search.budget stopped new trials, if it did
     undelivered: int = 0
-    stopped: bool = False  # ended by SIGTERM (tuner stop) or Ctrl-C before all trials ran
-    stop_signal: str | None = None  # which: SIGTERM or SIGINT
+    stop_signal: str | None = None  # SIGTERM (tuner stop) or SIGINT (Ctrl-C), when one ended it before all trials ran
     ray_service: str | None = None  # the address of the `tuner up` Ray head the job attached to
     service_ui: str | None = None  # that service's MLflow UI
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_signal is not None
 
     @property
     def succeeded(self) -> bool:
@@ -184,14 +187,13 @@ class Job:
         if tracker is None or self.parent_run_id is None:
             raise RuntimeError("Job.finish comes after fit or resume, which open the parent run and its writer")
         ranked = rank_trials(results, metric=spec.objective, mode=spec.direction)
-        statuses = trial_statuses(tracker, results, stopped=stop_signal,
-                                  resources=spec.trial.resources.model_dump())
+        statuses = trial_statuses(tracker, results, resources=spec.trial.resources.model_dump(),
+                                  stopped=stop_signal)
         if not stopped:
             close_unfinished(*self.study)  # trials Tune forgot after a crash: FAIL, not RUNNING for ever
         result = JobResult(run_folder=self.folder.path, tracking_uri=self.tracking_uri,
                            experiment_id=self.experiment_id or "", parent_run_id=self.parent_run_id,
-                           statuses=statuses, top=ranked[:5], stopped=stopped, stop_signal=stop_signal,
-                           view=self.view,
+                           statuses=statuses, top=ranked[:5], stop_signal=stop_signal, view=self.view,
                            ray_service=self.service and self.service.ray_address,
                            service_ui=self.service and self.service.ui_url)
         if ranked:

@@ -85,12 +85,6 @@ class TrackingCallback(Callback):
     def _emit(self, op: str, **fields: Any) -> None:
         self.tracker.emit(op, **fields)  # type: ignore[union-attr]  # set up by Tune before any event
 
-    def _cost(self, trial) -> dict[str, float]:
-        """What a trial used: its training wall seconds (Ray's time_total_s, restarts included) and
-        resource-seconds (times the CPUs and GPUs it held)."""
-        wall = float((trial.last_result or {}).get("time_total_s") or 0.0)
-        return {"trial_wall_s": wall, "cpu_s": wall * self.resources["cpu"], "gpu_s": wall * self.resources["gpu"]}
-
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         if self.squared:
             return
@@ -131,7 +125,7 @@ class TrackingCallback(Callback):
         finished = trial.trial_id not in self.stopped
         end = TrialEnd(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
                        tags={"tuner.end": "finished" if finished else "stopped early by the scheduler"},
-                       metrics=self._cost(trial))
+                       metrics=trial_cost(trial.last_result, self.resources))
         self._emit(**end.event())
         value = (trial.last_result or {}).get(self.metric)
         if improves(value, self.best, self.mode):
@@ -151,7 +145,8 @@ class TrackingCallback(Callback):
         diverged = "Diverged" in message
         end = TrialEnd(trial=trial.trial_id, status="FAILED", traceback=trace,
                        tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                       metrics={**self._cost(trial), **({"diverged": 1} if diverged else {})})
+                       metrics={**trial_cost(trial.last_result, self.resources),
+                                **({"diverged": 1} if diverged else {})})
         self._emit(**end.event())
 
 
@@ -164,20 +159,26 @@ def _closed_by_the_job(event: dict[str, Any]) -> bool:
     return event["op"] == "trial_end" and event.get("tags", {}).get("tuner.end", "").startswith(CLOSED_BY_THE_JOB)
 
 
-def trial_statuses(tracker: Tracker, results, *, stopped: str | None = None,
-                   resources: dict[str, float] | None = None) -> dict[str, str]:
+def trial_cost(last_result: dict[str, Any] | None, resources: dict[str, float]) -> dict[str, float]:
+    """What a trial used: its training wall seconds (Ray's time_total_s in its last result, restarts
+    included) and resource-seconds (times the CPUs and GPUs it held)."""
+    wall = float((last_result or {}).get("time_total_s") or 0.0)
+    return {"trial_wall_s": wall, "cpu_s": wall * resources["cpu"], "gpu_s": wall * resources["gpu"]}
+
+
+def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
+                   stopped: str | None = None) -> dict[str, str]:
     """Each trial's final status by name, from the journal (the record that survives driver crashes).
 
     A trial the journal saw start but not end is closed from Ray's own results; one that Ray does not
     know at all is closed as KILLED with the reason. Every trial that ever ran is accounted for once;
     a forgotten one (see the module's doc) is not a trial of the job's. ``stopped``: the signal that
     stopped the job before its end, if one did (its running trials end KILLED, with it in the reason).
-    A trial closed here is charged, as the callback charges one, for the training time Ray last
-    reported for it times ``resources`` (a trial's CPUs and GPUs).
+    A trial closed here is charged as the callback charges one (`trial_cost`, from Ray's last result
+    and ``resources``, a trial's CPUs and GPUs).
     """
     ray_results = {r.metrics["trial_id"]: r for r in results if r.metrics and "trial_id" in r.metrics}
     ray_errors = {trial: result.error for trial, result in ray_results.items()}
-    held = {"cpu": 1.0, "gpu": 0.0, **(resources or {})}
     names, statuses = {}, {}
     for event in tracker.journal.events:
         if event["op"] == "trial_start":
@@ -199,8 +200,7 @@ def trial_statuses(tracker: Tracker, results, *, stopped: str | None = None,
             end = TrialEnd(trial, "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]})
         else:
             end = TrialEnd(trial, "FINISHED", {"tuner.end": "finished (recorded from Ray's results after a restart)"})
-        wall = float(ray_results[trial].metrics.get("time_total_s") or 0.0) if trial in ray_results else 0.0
-        end = replace(end, metrics={"trial_wall_s": wall, "cpu_s": wall * held["cpu"], "gpu_s": wall * held["gpu"]})
+        end = replace(end, metrics=trial_cost(ray_results[trial].metrics if trial in ray_results else None, resources))
         tracker.emit(**end.event())
         statuses[trial] = end.status
     return {names[trial]: status for trial, status in statuses.items()}
