@@ -113,9 +113,15 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, *, wait: bool = True) -> None:
+        """Start the server; with ``wait=False`` return at once (`ready` waits), so that something
+        else can start beside it."""
         self.process = subprocess.Popen(self.command, start_new_session=True, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, env=self.env)
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
         wait_for_http(f"{self.url}/health", self.process, what="mlflow server")
 
     def stop(self) -> None:
