@@ -58,10 +58,12 @@ def test_ray_failing_to_start_fails_the_job_with_the_reason_on_its_parent_run(tm
     assert state["status"] == "failed"
 
 
-def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_path, monkeypatch):
+def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_path, monkeypatch, caplog):
     """Ray's SIGTERM handler in the driver raises SystemExit(15); before Tune's loop (here: while the
     job builds its factories) that is the job being stopped, not failing: its parent run ends KILLED.
-    It ended FAILED with 'SystemExit: 15' (tried on 2026-12-07, SIGTERM 9 and 12 s into a job)."""
+    It ended FAILED with 'SystemExit: 15' (tried on 2026-12-07, SIGTERM 9 and 12 s into a job), and
+    then printed nothing and exited 15. It says what happened and what to run, and exits 143, as a
+    SIGTERM in Tune's loop does."""
     ray = StandInRay()
     monkeypatch.setattr(job_module, "ray_session", ray)
 
@@ -70,9 +72,12 @@ def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_pat
 
     monkeypatch.setattr(job_module, "factories", sigterm_meanwhile)
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as raised:
         run_job(_spec(store), output_root=tmp_path / "runs")
+    assert raised.value.code == 143
     (folder,) = (tmp_path / "runs" / "starts").iterdir()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tuner.job"]
+    assert line == f"starts: stopped (SIGTERM, e.g. tuner stop); parent run KILLED; no trial started; run it again: tuner run {folder / 'spec.yaml'}"
     state = json.loads((folder / "job.json").read_text())
     assert state["status"] == "killed" and not (folder / "error.txt").exists()
     assert MlflowClient(store).get_run(state["parent_run_id"]).info.status == "KILLED"

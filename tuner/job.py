@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -274,8 +275,11 @@ class Job:
             yield
         except JobFailed:
             raise
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit) as stop:
             self._end_parent("KILLED", {})
+            log.warning("%s", self._stopped_outside_tune(stop))
+            if isinstance(stop, SystemExit) and stop.code == signal.SIGTERM:
+                raise SystemExit(128 + signal.SIGTERM) from stop  # as a shell reports a SIGTERM, like a stop in Tune's loop
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
             reason = describe(exc)
@@ -287,6 +291,18 @@ class Job:
                 reason += f"; the run folder could not record it ({describe(disk)})"
             raise JobFailed(f"{self.spec.name}: the job failed: {reason} (parent run FAILED; traceback in "
                             f"{trace})") from exc
+
+    def _stopped_outside_tune(self, stop: BaseException) -> str:
+        """The one line for a job stopped before or after Tune's loop, and what to run next."""
+        if isinstance(stop, KeyboardInterrupt):
+            what = "Ctrl-C"
+        elif stop.code == signal.SIGTERM:
+            what = "SIGTERM, e.g. tuner stop"
+        else:
+            what = f"SystemExit {stop.code}"
+        again = (f"resume: tuner resume {self.folder.path}" if (self.folder.ray / "tuner.pkl").exists()
+                 else f"no trial started; run it again: tuner run {self.folder.spec}")
+        return f"{self.spec.name}: stopped ({what}); parent run KILLED; {again}"
 
     def _end_parent(self, status: str, tags: dict[str, str], *, trace: Path | None = None) -> str:
         """End the parent run through the journal, or straight through MLflow when there is no journal
