@@ -124,6 +124,7 @@ def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool, service: Ser
     address = spec.ray.address or ("auto" if service is not None else "local")
     ray.init(address=address, runtime_env=env or None, include_dashboard=False,
              logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose, configure_logging=True)
+    _take_sigterm_back_from_abseil()
     try:
         yield
     finally:
@@ -132,6 +133,23 @@ def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool, service: Ser
                 _stop_monitor_first()
         finally:
             ray.shutdown()
+
+
+def _take_sigterm_back_from_abseil() -> None:
+    """Undo the 3 s abort that Ray's driver puts on SIGTERM.
+
+    Ray 2.60's core worker registers SIGTERM with abseil's failure-signal handler (C++), which runs
+    first and arms an alarm that aborts the process 3 s later (SIGABRT, a core dump) unless it has
+    exited by then (ray-project/ray#64830). A job stopped by `tuner stop` before Tune's loop ends its
+    parent run and shuts Ray down, which takes longer: `tuner run` sent SIGTERM 9 s in exited -6
+    (2026-12-07). Installing Ray's own Python handler again through `signal.signal` replaces
+    abseil's at the C level; what a SIGTERM does in Python (Ray's SystemExit) stays the same.
+    tests/test_run.py pins it."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal works only there; Ray installs its handlers only there too
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is not None:  # None: not installed from Python (nothing of Ray's to put back)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _stop_monitor_first() -> None:
