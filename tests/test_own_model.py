@@ -278,6 +278,7 @@ def test_your_model_end_to_end_through_the_cli(tmp_path):
     assert code == 0, text
     lines = text.splitlines()
     assert "\x1b" not in text and len(lines) <= 25, text
+    assert "INFO" not in text, text  # nothing below WARNING: MLflow's lines on a new store (it logs INFO) included
     assert lines[0].startswith("[0:00] 0/3 trials done") and any("3/3 trials done" in line for line in lines), text
     assert "own: 3 trials: 3 finished" in text and "top trials by val_loss" in text and "ensemble of 2: test acc" in text
     assert "MLflow UI: http://127.0.0.1:5000/#/experiments/" in text

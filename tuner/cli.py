@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional
@@ -59,9 +60,18 @@ def _user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _quiet(verbose: bool) -> None:
-    import mlflow  # noqa: F401 - it sets its loggers' levels on import; set ours after
+def _quiet(verbose: bool, *, import_mlflow: bool = True) -> None:
+    """Logging for a command: warnings and errors only, unless ``verbose``.
 
+    MLflow sets its own loggers' levels when it is imported. Commands that use it import it here and
+    set the levels after. `tuner run` and `tuner resume` leave the import (about 1 s on 2 cores) to
+    the thread that opens the parent run beside `ray.init`: 0.5-1.2 s less start-up (BENCHMARKS.md,
+    section 8). Those give MLflow its level through its own setting, MLFLOW_LOGGING_LEVEL, which
+    Ray's processes inherit (their output reaches the terminal only with -v)."""
+    if import_mlflow:
+        import mlflow  # noqa: F401 - it sets its loggers' levels on import; set ours after
+    elif not verbose:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "ERROR"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not verbose:
         for noisy in ("ray", "mlflow", "alembic", "optuna", "urllib3"):
@@ -148,7 +158,7 @@ def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List
     from tuner.spec import load_spec
 
     job = load_spec(spec, overrides=set)
-    _quiet(verbose)
+    _quiet(verbose, import_mlflow=False)
     checks = None
     if job.service_loop and not skip_checks:
         checks = _run_checks(job)
@@ -304,7 +314,7 @@ def resume(job: str = typer.Argument(..., help="Job name (its newest run) or run
     from tuner.spec import load_spec
 
     folder = find_run_folder(output_dir, job)
-    _quiet(verbose)
+    _quiet(verbose, import_mlflow=False)
     result = resume_job(folder, verbose=verbose)
     _print_result(result, load_spec(folder.spec))
     raise typer.Exit(_exit_code(result))
