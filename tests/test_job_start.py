@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -84,6 +85,42 @@ def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_pat
     assert (ray.entered, ray.exited) == (1, 1)
 
 
+def test_sigterm_while_the_parent_run_is_made_ends_it_killed(tmp_path, monkeypatch, caplog):
+    """A SIGTERM while the job waits for its parent run (made in a thread beside Ray's start) let
+    Ray's SystemExit(15) past the job: the run, made all the same, stayed RUNNING. Now the job waits
+    for it and ends it KILLED, with the one line, exit 143."""
+    import os
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setattr(job_module, "ray_session", StandInRay())
+    make_parent = job_module.Job._start_parent_run
+
+    def slow_parent(self, checks):
+        time.sleep(1.0)  # the SIGTERM comes meanwhile
+        return make_parent(self, checks)
+
+    monkeypatch.setattr(job_module.Job, "_start_parent_run", slow_parent)
+    rays_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray's driver has
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    try:
+        timer.start()
+        with pytest.raises(SystemExit) as raised:
+            run_job(_spec(store), output_root=tmp_path / "runs")
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, rays_handler)
+    assert raised.value.code == 143
+    (folder,) = (tmp_path / "runs" / "starts").iterdir()
+    state = json.loads((folder / "job.json").read_text())
+    assert state["status"] == "killed"
+    assert MlflowClient(store).get_run(state["parent_run_id"]).info.status == "KILLED"
+    assert [r.getMessage() for r in caplog.records if r.name == "tuner.job"] == [
+        f"starts: stopped (SIGTERM, e.g. tuner stop); parent run KILLED; no trial started; run it again: tuner run {folder / 'spec.yaml'}"]
+
+
 def test_a_store_that_refuses_the_job_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     ray = StandInRay()
     monkeypatch.setattr(job_module, "ray_session", ray)
@@ -140,6 +177,10 @@ def _ask_tune_to_stop() -> None:
             signal.raise_signal(signal.SIGINT)  # Tune's loop has not started: nothing to stop gently
     assert early.signal == "SIGINT"
     assert {s: signal.getsignal(s) for s in before} == before and "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+    with stop_on_signals() as early:
+        with pytest.raises(SystemExit) as raised:
+            signal.raise_signal(signal.SIGTERM)  # a SIGTERM there is Ray's SystemExit(15), not a Ctrl-C
+    assert raised.value.code == signal.SIGTERM and early.signal == "SIGTERM"
 
     for first in (signal.SIGINT, signal.SIGTERM):
         told = []

@@ -122,9 +122,12 @@ def ray_session(spec: JobSpec, folder: RunFolder, *, verbose: bool, service: Ser
     # The service's head is this machine's current cluster: "auto" finds it and turns on its token
     # auth for this driver (tuner.service).
     address = spec.ray.address or ("auto" if service is not None else "local")
-    ray.init(address=address, runtime_env=env or None, include_dashboard=False,
-             logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose, configure_logging=True)
-    _take_sigterm_back_from_abseil()
+    try:
+        ray.init(address=address, runtime_env=env or None, include_dashboard=False,
+                 logging_level=logging.INFO if verbose else logging.ERROR, log_to_driver=verbose,
+                 configure_logging=True)
+    finally:  # a SIGTERM inside ray.init, after Ray's core worker started, would have armed the alarm
+        _take_sigterm_back_from_abseil()
     try:
         yield
     finally:
@@ -192,8 +195,9 @@ def stop_on_signals() -> Iterator[StopRequest]:
     one of Tune's documented settings): it stops Tune the same way but tells no one, so a job
     Ctrl-C'd mid-search ended FINISHED, its running trials FINISHED. A second Ctrl-C raises
     KeyboardInterrupt at once, as Tune's does; so does the first when Tune's loop has not started (its
-    handler is not there yet: there is nothing to stop gently). A Ctrl-C the process ignores (a
-    background job of a shell) stays ignored."""
+    handler is not there yet: there is nothing to stop gently), or SystemExit(15) for a SIGTERM, as
+    Ray's own handler raises. A Ctrl-C the process ignores (a background job of a shell) stays
+    ignored."""
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -206,6 +210,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
             return
         request.signal = signal.Signals(signum).name
         if signal.getsignal(signal.SIGUSR1) is on_signal:  # Tune's loop has not replaced it yet
+            if signum == signal.SIGTERM:
+                raise SystemExit(signum)  # as Ray's own handler does: the job ends it KILLED, exit 143
             raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGUSR1)
 

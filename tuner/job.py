@@ -125,8 +125,15 @@ class Job:
             # MLflow's store and the parent run are made while Ray starts (both take seconds cold).
             parent = pool.submit(self._start_parent_run, checks or [])
             ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
+            stopped_early: BaseException | None = None
             try:
                 parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
+            except (KeyboardInterrupt, SystemExit) as stop:
+                # Ctrl-C or SIGTERM while the parent run was being made: its thread goes on and makes
+                # it, so wait for that and end the run KILLED below, as any stop before Tune's loop.
+                if parent.exception() is not None:
+                    raise
+                stopped_early = stop
             except (TrackingUnavailable, TrackingRefused) as refused:
                 if ray_failed is None:
                     raise
@@ -137,6 +144,8 @@ class Job:
                                         study_storage=redact(self.study[0]), study_name=self.study[1],
                                         status="running")
                 self._open_tracking()
+                if stopped_early is not None:
+                    raise stopped_early
                 if ray_failed is not None:
                     raise ray_failed
                 if self.warm_start:
