@@ -26,6 +26,14 @@ sys.path.insert(0, str(ROOT / "docs"))
 from screenshot import stop as stop_group, wait_for_http  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_logging_level_as_it_was(monkeypatch):
+    """`tuner run` and `tuner resume` set MLFLOW_LOGGING_LEVEL in their process (tuner.cli._quiet): a
+    test that runs them in this process must not hand it to later tests' subprocesses, whose quiet
+    output would then prove nothing about their own."""
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray for the whole session (starting one costs ~5 s); address='local' never joins a stale cluster."""

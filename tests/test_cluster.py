@@ -106,11 +106,11 @@ class Cluster:
     def stop(self) -> None:
         """SIGTERM to every process group at once, then SIGKILL to those still there 5 s later (a
         `ray start --block` node waits out SIGTERM far longer): one wait, not one a node."""
-        for process in reversed(self.processes):  # the worker before the head
+        for process in self.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        for process in reversed(self.processes):
+        for process in self.processes:
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
