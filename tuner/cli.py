@@ -64,10 +64,11 @@ def _quiet(verbose: bool, *, import_mlflow: bool = True) -> None:
     """Logging for a command: warnings and errors only, unless ``verbose``.
 
     MLflow sets its own loggers' levels when it is imported. Commands that use it import it here and
-    set the levels after. `tuner run` and `tuner resume` leave the import (about 1 s on 2 cores) to
-    the thread that opens the parent run beside `ray.init`: 0.5-1.2 s less start-up (BENCHMARKS.md,
-    section 8). Those give MLflow its level through its own setting, MLFLOW_LOGGING_LEVEL, which
-    Ray's processes inherit (their output reaches the terminal only with -v)."""
+    set the levels after. `tuner run` and `tuner resume` leave the import (0.8-1.0 s alone on 2
+    cores) to the thread that opens the parent run beside `ray.init`: 0.5 s less start-up on one
+    machine, none on a faster one (BENCHMARKS.md, section 8). They give MLflow its level through its
+    own setting, MLFLOW_LOGGING_LEVEL, which Ray's processes inherit (their output reaches the
+    terminal only with -v)."""
     if import_mlflow:
         import mlflow  # noqa: F401 - it sets its loggers' levels on import; set ours after
     elif not verbose:
