@@ -288,7 +288,8 @@ class Job:
             self._end_parent("KILLED", {})
             log.warning("%s", self._stopped_outside_tune(stop))
             if isinstance(stop, SystemExit) and stop.code == signal.SIGTERM:
-                raise SystemExit(128 + signal.SIGTERM) from stop  # as a shell reports a SIGTERM, like a stop in Tune's loop
+                # Exit 143, as a shell reports a SIGTERM and as a stop in Tune's loop exits.
+                raise SystemExit(128 + signal.SIGTERM) from stop
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
             reason = describe(exc)
