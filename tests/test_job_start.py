@@ -91,26 +91,24 @@ def test_sigterm_while_the_parent_run_is_made_ends_it_killed(tmp_path, monkeypat
     for it and ends it KILLED, with the one line, exit 143."""
     import os
     import signal
-    import threading
     import time
 
     monkeypatch.setattr(job_module, "ray_session", StandInRay())
     make_parent = job_module.Job._start_parent_run
 
     def slow_parent(self, checks):
-        time.sleep(1.0)  # the SIGTERM comes meanwhile
+        time.sleep(0.3)  # the main thread is waiting for this one by then (it only enters the stand-in Ray)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
+        time.sleep(1.0)
         return make_parent(self, checks)
 
     monkeypatch.setattr(job_module.Job, "_start_parent_run", slow_parent)
     rays_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray's driver has
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
     store = f"sqlite:///{tmp_path}/mlflow.db"
     try:
-        timer.start()
         with pytest.raises(SystemExit) as raised:
             run_job(_spec(store), output_root=tmp_path / "runs")
     finally:
-        timer.cancel()
         signal.signal(signal.SIGTERM, rays_handler)
     assert raised.value.code == 143
     (folder,) = (tmp_path / "runs" / "starts").iterdir()
