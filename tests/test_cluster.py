@@ -9,13 +9,11 @@ a Ray worker, `mlflow server` on a throwaway PostgreSQL database, and the submit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -104,19 +102,7 @@ class Cluster:
         return subprocess.run([*TUNER, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
-        """SIGTERM to every process group at once, then SIGKILL to those still there 5 s later (a
-        `ray start --block` node waits out SIGTERM far longer): one wait, not one a node."""
-        for process in self.processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(*self.processes)
 
 
 @pytest.fixture(scope="module")
