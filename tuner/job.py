@@ -34,7 +34,7 @@ from tuner.service import Service, running
 from tuner.spec import JobSpec, load_spec
 from tuner.study import close_unfinished, earlier_trials, pareto_front, seed_study, study_ref
 from tuner.tracking import (JournalWriteError, RankedTrial, Tracker, TrackingCallback, job_cost, open_writer,
-                            share_trials_view, start_parent_run, trial_statuses)
+                            share_trials_view, start_parent_run, trial_statuses, what_stopped)
 
 log = logging.getLogger(__name__)
 
@@ -305,9 +305,9 @@ class Job:
     def _stopped_outside_tune(self, stop: BaseException) -> str:
         """The one line for a job stopped before or after Tune's loop, and what to run next."""
         if isinstance(stop, KeyboardInterrupt):
-            what = "Ctrl-C"
+            what = what_stopped("SIGINT")
         elif stop.code == signal.SIGTERM:
-            what = "SIGTERM, e.g. tuner stop"
+            what = what_stopped("SIGTERM")
         else:
             what = f"SystemExit {stop.code}"
         again = (f"resume: tuner resume {self.folder.path}" if (self.folder.ray / "tuner.pkl").exists()

@@ -16,10 +16,10 @@ from tuner.tracking.callback import TrackingCallback, job_cost, trial_statuses
 from tuner.tracking.delivery import Delivery, fluent_tracking_uri, share_trials_view, start_parent_run, sync
 from tuner.tracking.journal import Journal, JournalWriteError
 from tuner.tracking.names import (JOB_TAG, PARENT_TAG, TRIAL_TAG, RankedTrial, TrialEnd, improves, legal_name,
-                                  legal_names, stopped_early, trial_name, trial_run_name)
+                                  legal_names, stopped_early, trial_name, trial_run_name, what_stopped)
 from tuner.tracking.writer import Tracker, open_writer, writer_for
 
 __all__ = ["TrackingCallback", "job_cost", "trial_statuses", "Delivery", "fluent_tracking_uri", "share_trials_view", "start_parent_run", "sync",
            "Journal", "JournalWriteError", "JOB_TAG", "PARENT_TAG", "TRIAL_TAG", "RankedTrial", "TrialEnd",
-           "improves", "legal_name", "legal_names", "stopped_early", "trial_name", "trial_run_name", "Tracker",
+           "improves", "legal_name", "legal_names", "stopped_early", "trial_name", "trial_run_name", "what_stopped", "Tracker",
            "open_writer", "writer_for"]

@@ -25,7 +25,7 @@ from typing import Any
 from ray.tune import Callback
 
 from tuner.tracking.names import (TrialEnd, flat, improves, is_number, legal_name, legal_names, stopped_early,
-                                  trial_name)
+                                  trial_name, what_stopped)
 from tuner.tracking.writer import Tracker, writer_for
 
 # Keys Ray adds to every result; everything else a trial reports is logged as a metric.
@@ -192,8 +192,8 @@ def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
         if status != "RUNNING":
             continue
         if stopped and ray_errors.get(trial) is None:
-            how = "Ctrl-C" if stopped == "SIGINT" else f"{stopped}, e.g. tuner stop"
-            end = TrialEnd(trial, "KILLED", {"tuner.end": f"stopped: the job was stopped ({how})"})
+            reason = f"stopped: the job was stopped ({what_stopped(stopped)})"
+            end = TrialEnd(trial, "KILLED", {"tuner.end": reason})
         elif trial not in ray_errors:
             end = TrialEnd(trial, "KILLED", {"tuner.end": "lost: the driver stopped before Ray saved this trial"})
         elif ray_errors[trial] is not None:

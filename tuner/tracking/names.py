@@ -104,6 +104,12 @@ def stopped_early(result: Mapping[str, Any], max_t: int | None) -> bool:
     return bool(result.get("done")) and (max_t is None or result.get("training_iteration", 0) < max_t)
 
 
+def what_stopped(signal_name: str) -> str:
+    """How the job's messages name the signal that stopped it: ``Ctrl-C`` for SIGINT, else the
+    signal and where it usually comes from."""
+    return "Ctrl-C" if signal_name == "SIGINT" else f"{signal_name}, e.g. tuner stop"
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
