@@ -256,6 +256,7 @@ def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_an
     assert all(r.info.status in ("FINISHED", "KILLED") for r in runs)
     # Charged the training time Ray last reported: one that had reported is > 0 (one that had not, 0).
     assert parent.data.metrics["trial_hours"] > 0 and any(r.data.metrics["trial_wall_s"] > 0 for r in killed)
+    killed_s = {r.info.run_name: r.data.metrics["trial_wall_s"] for r in killed}
 
     # `tuner resume` (the command it printed) runs the stopped trials again and the pending ones: each once.
     resumed = subprocess.run([sys.executable, "-m", "tuner.cli", "resume", str(folder)], cwd=tmp_path, env=env,
@@ -265,3 +266,8 @@ def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_an
     assert parent.info.status == "FINISHED" and sorted(r.info.run_name for r in runs) == [
         f"trial-00{i}" for i in range(1, 5)]
     assert all(r.info.status == "FINISHED" for r in runs)
+    # A stopped trial runs again from its start (it saves no checkpoint: 12 epochs of 0.3 s): charged
+    # for both runs. The job's cost is its trials' sum.
+    wall = {r.info.run_name: r.data.metrics["trial_wall_s"] for r in runs}
+    assert all(wall[name] >= before + 12 * 0.3 for name, before in killed_s.items()), (killed_s, wall)
+    assert parent.data.metrics["trial_hours"] == pytest.approx(sum(wall.values()) / 3600)

@@ -84,14 +84,27 @@ def test_grid_walks_every_point_once():
 
 
 def test_a_gpu_hours_budget_stops_suggestions_once_ended_trials_used_it():
+    import pickle
+
     spec = _spec(search={"algorithm": "random", "budget": {"gpu_hours": 1.0}},
                  trial={"resources": {"cpu": 1, "gpu": 0.5}})
     searcher = make_searcher(spec)
     assert isinstance(searcher.suggest("a"), dict) and isinstance(searcher.suggest("b"), dict)
-    searcher.on_trial_complete("a", {"val_loss": 0.5, "time_total_s": 3600.0})  # 0.5 GPU-hours
+    searcher.on_trial_complete("a", _ray_result(1, 3600.0))  # 0.5 GPU-hours
     assert isinstance(searcher.suggest("c"), dict) and searcher.spent() is None
-    searcher.on_trial_complete("b", {"val_loss": 0.4, "time_total_s": 3600.0})  # 1.0 GPU-hours: spent
+    # b ran 1,800 s, was restored (a retry, or `tuner stop` and `tuner resume`: the searcher comes back
+    # from Tune's snapshot) and ran 1,800 s again from its start: 1.0 GPU-hours with a's, so spent.
+    searcher.on_trial_result("b", _ray_result(1, 1800.0))
+    searcher = pickle.loads(pickle.dumps(searcher))
+    searcher.on_trial_result("b", _ray_result(1, 900.0))
+    searcher.on_trial_complete("b", _ray_result(2, 1800.0))
     assert searcher.suggest("d") == searcher.FINISHED and searcher.spent() == "gpu_hours 1"
+
+
+def _ray_result(iterations: int, seconds: float) -> dict:
+    """A result as Ray gives it: ``time_total_s`` starts again at 0 for a trial restored without a checkpoint."""
+    return {"val_loss": 0.5, "training_iteration": iterations, "iterations_since_restore": iterations,
+            "time_since_restore": seconds, "time_total_s": seconds}
 
 
 def test_a_wall_budget_counts_the_time_the_search_ran_not_the_time_it_was_down():

@@ -189,3 +189,35 @@ def test_a_trial_the_job_closed_when_it_was_stopped_is_journaled_again_when_a_re
     tracker.close(timeout_s=0)
     new = [(e["op"], e.get("status")) for e in Journal(folder).events[2:]]
     assert new == [("trial_start", None), ("trial_end", "FINISHED"), ("parent", None)]  # parent: a new best
+
+
+def test_a_trial_is_charged_every_run_it_had(tmp_path: Path):
+    """Ray's time_since_restore starts again at 0 each time a trial is restored (here: once in a job
+    stopped by `tuner stop`, once more in the resumed job, a retry after a failure): each run's
+    seconds count once, a result seen twice counts once."""
+    from tuner.tracking import TrackingCallback, open_writer
+    from tuner.tracking.callback import trained_seconds
+
+    folder = tmp_path / "tracking"
+    journal = Journal(folder)  # the stopped job: 2 s of training, charged when it was closed
+    journal.append({"op": "trial_start", "time": 1, "trial": "s", "name": "trial-001", "params": {}})
+    journal.append({"op": "metrics", "time": 2, "trial": "s", "step": 2, "values": {"score": 1.0}, "seconds": 2.0})
+    journal.append({"op": "trial_end", "time": 3, "trial": "s", "status": "KILLED", "metrics": {"trial_wall_s": 2.0},
+                    "tags": {"tuner.end": "stopped: the job was stopped (SIGTERM, e.g. tuner stop)"}})
+    journal.close()
+    tracker = open_writer(folder, tracking_uri=_dead_server(), experiment_id="1", parent_run_id="p")
+    callback = TrackingCallback(folder=folder, metric="score", mode="min", resources={"cpu": 2.0, "gpu": 0.5})
+    callback.setup()
+    trial = FakeTrial("s", 1)
+    callback.on_step_begin(0, [trial])
+    callback.on_trial_start(0, [trial], trial)
+    for iterations, seconds in [(1, 1.0), (2, 3.0), (2, 3.0), (1, 0.5)]:  # a retry after 3 s (the 3rd: a repeat)
+        callback.on_trial_result(0, [trial], trial, {"score": 0.5, "training_iteration": iterations,
+                                                     "iterations_since_restore": iterations,
+                                                     "time_since_restore": seconds})
+    callback.on_trial_complete(0, [trial], trial)
+    tracker.close(timeout_s=0)
+    events = Journal(folder).events
+    end = [e for e in events if e["op"] == "trial_end"][-1]
+    assert end["metrics"] == {"trial_wall_s": 5.5, "cpu_s": 11.0, "gpu_s": 2.75}  # 2 + 3 + 0.5 s
+    assert trained_seconds(events) == {"s": 5.5}

@@ -23,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import condition_of, domain_of, sample
 from tuner.history import BoundedHistory
 from tuner.spec import JobSpec
+from tuner.tracking.names import TrainingTime
 from tuner.study import open_storage
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ class StoredStudySearch(OptunaSearch):
     After `tuner resume`, Tune may run again a trial whose end the stored study already has (the trial
     ended after Tune's last snapshot): its results are not told again, and the study keeps the values
     it had. With ``search.budget``, no trial is suggested once the search has run ``wall_s`` seconds
-    or its ended trials have used ``gpu_hours`` (their ``time_total_s`` times the trial's GPUs):
-    Tune then starts no new trial and lets the running ones finish.
+    or its ended trials have used ``gpu_hours`` (their training seconds over all their runs, as the
+    job's cost counts them, times the trial's GPUs): Tune then starts no new trial and lets the
+    running ones finish.
     """
 
     def __init__(self, *args, budget: dict | None = None, gpus_per_trial: float = 0.0, **kwargs) -> None:
@@ -57,6 +59,7 @@ class StoredStudySearch(OptunaSearch):
         self.budget = {k: v for k, v in (budget or {}).items() if v is not None}
         self.gpus_per_trial = gpus_per_trial
         self.gpu_s = 0.0
+        self.time = TrainingTime()  # saved with Tune's snapshots: a trial stopped and run again is charged both runs
         # The seconds the search has run: saved with Tune's snapshots, so a resumed search goes on
         # counting from there; the time between a crash and `tuner resume` does not count.
         self.ran_s = 0.0
@@ -66,7 +69,7 @@ class StoredStudySearch(OptunaSearch):
         now = time.monotonic()
         if self.clock is None or self.clock[0] != os.getpid():  # the first call in this process
             self.clock = (os.getpid(), now, self.ran_s)
-        self.ran_s = self.clock[2] + now - self.clock[1]
+        self.ran_s = self.clock[2] + (now - self.clock[1])  # never below the saved seconds by rounding
         return self.ran_s
 
     def spent(self) -> str | None:
@@ -82,14 +85,27 @@ class StoredStudySearch(OptunaSearch):
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
+    def _time(self) -> TrainingTime:
+        if not hasattr(self, "time"):  # a searcher saved before it counted this way
+            self.time = TrainingTime()
+        return self.time
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self.gpu_s += float((result or {}).get("time_total_s") or 0.0) * self.gpus_per_trial
+        if result:
+            self._time().add(trial_id, result)
+        self.gpu_s += self._time().seconds(trial_id) * self.gpus_per_trial
         self._ran()
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._time().add(trial_id, result)
         try:
-            super().on_trial_result(trial_id, result)
+            with warnings.catch_warnings():
+                # A trial run again from its start (after `tuner resume`, or a retry) reports its first
+                # epochs again; the study keeps the values the first run reported, and says so per epoch.
+                warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=",
+                                        category=UserWarning)
+                super().on_trial_result(trial_id, result)
         except optuna.exceptions.UpdateFinishedTrialError:
             log.info("trial %s: the stored study already has its end; its re-run is not reported", trial_id)
 

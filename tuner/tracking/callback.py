@@ -24,8 +24,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tuner.tracking.names import (TrialEnd, flat, improves, is_number, legal_name, legal_names, stopped_early,
-                                  trial_name, what_stopped)
+from tuner.tracking.names import (TrainingTime, TrialEnd, flat, improves, is_number, legal_name, legal_names,
+                                  stopped_early, trial_name, what_stopped)
 from tuner.tracking.writer import Tracker, writer_for
 
 # Keys Ray adds to every result; everything else a trial reports is logged as a metric.
@@ -57,6 +57,7 @@ class TrackingCallback(Callback):
         self.ended: set[str] = set()  # trials the journal saw end before this process: not journaled again
         self.unended: set[str] = set()  # trials the journal saw start and not end before this process
         self.squared = False  # whether the journal was squared with Tune's restored trials
+        self.time = TrainingTime()  # each trial's training seconds, its runs in earlier processes included
 
     def __getstate__(self) -> dict[str, Any]:
         return {"folder": self.folder, "metric": self.metric, "mode": self.mode, "max_t": self.max_t,
@@ -73,7 +74,8 @@ class TrackingCallback(Callback):
     def setup(self, **info: Any) -> None:
         self.tracker = writer_for(self.folder)
         best_key = legal_name(f"best_{self.metric}")
-        for event in self.tracker.journal.events:  # empty for a new job
+        self.time.earlier = trained_seconds(self.tracker.journal.events)  # empty for a new job
+        for event in self.tracker.journal.events:
             if event["op"] == "parent" and best_key in event.get("metrics", {}):
                 self.best = event["metrics"][best_key]  # the best so far goes on from where it was
             elif event["op"] == "trial_start" or _closed_by_the_job(event):
@@ -105,6 +107,7 @@ class TrackingCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         if trial.trial_id in self.ended:
             return
+        self.time.add(trial.trial_id, result)
         if stopped_early(result, self.max_t):
             self.stopped.add(trial.trial_id)
         step = int(result.get("training_iteration", 0))
@@ -112,7 +115,9 @@ class TrackingCallback(Callback):
         if values.get("epoch") == step:  # the step already says it; a row per epoch costs the writer
             del values["epoch"]
         values, renamed = legal_names(values)
-        event: dict[str, Any] = dict(trial=trial.trial_id, step=step, values=values)
+        # ``seconds``: the trial's training time so far, for its cost however its runs end (not delivered).
+        event: dict[str, Any] = dict(trial=trial.trial_id, step=step, values=values,
+                                     seconds=round(self.time.seconds(trial.trial_id), 3))
         new = {k: v for k, v in renamed.items() if (trial.trial_id, k) not in self.renamed}
         if new:  # tagged once per trial
             event["tags"] = new
@@ -125,7 +130,7 @@ class TrackingCallback(Callback):
         finished = trial.trial_id not in self.stopped
         end = TrialEnd(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
                        tags={"tuner.end": "finished" if finished else "stopped early by the scheduler"},
-                       metrics=trial_cost(trial.last_result, self.resources))
+                       metrics=trial_cost(charged(self.time.seconds(trial.trial_id), trial.last_result), self.resources))
         self._emit(**end.event())
         value = (trial.last_result or {}).get(self.metric)
         if improves(value, self.best, self.mode):
@@ -145,7 +150,7 @@ class TrackingCallback(Callback):
         diverged = "Diverged" in message
         end = TrialEnd(trial=trial.trial_id, status="FAILED", traceback=trace,
                        tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                       metrics={**trial_cost(trial.last_result, self.resources),
+                       metrics={**trial_cost(charged(self.time.seconds(trial.trial_id), trial.last_result), self.resources),
                                 **({"diverged": 1} if diverged else {})})
         self._emit(**end.event())
 
@@ -159,11 +164,29 @@ def _closed_by_the_job(event: dict[str, Any]) -> bool:
     return event["op"] == "trial_end" and event.get("tags", {}).get("tuner.end", "").startswith(CLOSED_BY_THE_JOB)
 
 
-def trial_cost(last_result: dict[str, Any] | None, resources: dict[str, float]) -> dict[str, float]:
-    """What a trial used: its training wall seconds (Ray's time_total_s in its last result, restarts
-    included) and resource-seconds (times the CPUs and GPUs it held)."""
-    wall = float((last_result or {}).get("time_total_s") or 0.0)
-    return {"trial_wall_s": wall, "cpu_s": wall * resources["cpu"], "gpu_s": wall * resources["gpu"]}
+def trial_cost(seconds: float, resources: dict[str, float]) -> dict[str, float]:
+    """What a trial used: its training wall seconds over all its runs (`TrainingTime`) and
+    resource-seconds (times the CPUs and GPUs it held)."""
+    return {"trial_wall_s": seconds, "cpu_s": seconds * resources["cpu"], "gpu_s": seconds * resources["gpu"]}
+
+
+def charged(seconds: float, last_result: dict[str, Any] | None) -> float:
+    """A trial's training seconds: those counted over its runs, or Ray's ``time_total_s`` where it is
+    more (it never exceeds all runs' seconds, but knows more where a crash lost the journal's last
+    results, or where a journal from before the seconds were kept has none)."""
+    return max(seconds, float((last_result or {}).get("time_total_s") or 0.0))
+
+
+def trained_seconds(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Each trial's training seconds as the journal last saw them (its last result's, or the cost its
+    end was charged; a trial run again after its end was journaled is charged from there on)."""
+    seconds: dict[str, float] = {}
+    for event in events:
+        if event["op"] == "metrics" and "seconds" in event:
+            seconds[event["trial"]] = event["seconds"]
+        elif event["op"] == "trial_end" and "trial_wall_s" in event.get("metrics", {}):
+            seconds[event["trial"]] = event["metrics"]["trial_wall_s"]
+    return seconds
 
 
 def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
@@ -174,11 +197,13 @@ def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
     know at all is closed as KILLED with the reason. Every trial that ever ran is accounted for once;
     a forgotten one (see the module's doc) is not a trial of the job's. ``stopped``: the signal that
     stopped the job before its end, if one did (its running trials end KILLED, with it in the reason).
-    A trial closed here is charged as the callback charges one (`trial_cost`, from Ray's last result
-    and ``resources``, a trial's CPUs and GPUs).
+    A trial closed here is charged as the callback charges one: the training seconds the journal last
+    saw (`trained_seconds`, `charged`) times ``resources``, a trial's CPUs and GPUs (`trial_cost`).
     """
     ray_results = {r.metrics["trial_id"]: r for r in results if r.metrics and "trial_id" in r.metrics}
     ray_errors = {trial: result.error for trial, result in ray_results.items()}
+    seconds = trained_seconds(tracker.journal.events)
+
     names, statuses = {}, {}
     for event in tracker.journal.events:
         if event["op"] == "trial_start":
@@ -200,7 +225,8 @@ def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
             end = TrialEnd(trial, "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]})
         else:
             end = TrialEnd(trial, "FINISHED", {"tuner.end": "finished (recorded from Ray's results after a restart)"})
-        end = replace(end, metrics=trial_cost(ray_results[trial].metrics if trial in ray_results else None, resources))
+        end = replace(end, metrics=trial_cost(charged(seconds.get(trial, 0.0), ray_results[trial].metrics if trial in ray_results else None),
+                                             resources))
         tracker.emit(**end.event())
         statuses[trial] = end.status
     return {names[trial]: status for trial, status in statuses.items()}

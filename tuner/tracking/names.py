@@ -47,6 +47,34 @@ class TrialEnd:
         return {"op": "trial_end", **asdict(self)}
 
 
+class TrainingTime:
+    """Each trial's training seconds over all its runs, from Ray's results.
+
+    Ray's ``time_total_s`` goes on from a checkpoint when a trial is restored (a retry after a
+    failure, or a resumed job), but starts again at 0 when the trial has none. Ray's
+    ``time_since_restore`` always starts again at 0, so the seconds of every run are summed here.
+    A new run shows as ``iterations_since_restore`` not growing. Time after a run's last result is
+    not counted, as Ray does not count it either."""
+
+    def __init__(self) -> None:
+        self.earlier: dict[str, float] = {}  # trial id -> seconds of its runs before the current one
+        self.current: dict[str, tuple[int, float]] = {}  # trial id -> (iterations, seconds) of the current run
+
+    def add(self, trial: str, result: Mapping[str, Any]) -> None:
+        """Count one of a trial's results (Ray's; each result once, in order)."""
+        iterations = int(result.get("iterations_since_restore") or 0)
+        seconds = float(result.get("time_since_restore") or 0.0)
+        before = self.current.get(trial)
+        if before == (iterations, seconds):
+            return  # the same result again (Tune hands a trial's last result to a searcher's end as well)
+        if before is not None and iterations <= before[0]:  # restored: a run after the one that was counting
+            self.earlier[trial] = self.earlier.get(trial, 0.0) + before[1]
+        self.current[trial] = (iterations, seconds)
+
+    def seconds(self, trial: str) -> float:
+        return self.earlier.get(trial, 0.0) + self.current.get(trial, (0, 0.0))[1]
+
+
 @dataclass(frozen=True)
 class RankedTrial:
     """A trial that reached a finite value of the metric; a job's trials are ranked best first."""
