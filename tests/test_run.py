@@ -271,3 +271,32 @@ def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_an
     wall = {r.info.run_name: r.data.metrics["trial_wall_s"] for r in runs}
     assert all(wall[name] >= before + 12 * 0.3 for name, before in killed_s.items()), (killed_s, wall)
     assert parent.data.metrics["trial_hours"] == pytest.approx(sum(wall.values()) / 3600)
+
+
+def test_a_sigterm_after_the_jobs_end_is_recorded_leaves_that_end(ray_session, tmp_path, monkeypatch, caplog):
+    """A SIGTERM (Ray's handler: SystemExit(15)) once the journal has the parent run's end, while the
+    job hands it to MLflow and writes job.json: the job had ended it KILLED again, over FINISHED. Now
+    the end stands, the line says so, and the command exits 143."""
+    from tuner.tracking.writer import Tracker
+
+    close = Tracker.close
+
+    def close_then_sigterm(self, **kwargs):
+        close(self, **kwargs)
+        raise SystemExit(15)
+
+    monkeypatch.setattr(Tracker, "close", close_then_sigterm)
+    spec = spec_from_mapping({
+        "name": "late", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "mode": "min", "search": {"algorithm": "random", "num_samples": 1, "space": {"x": {"uniform": [0.0, 1.0]}}},
+        "fixed": {"epochs": 1}, "ensemble": {"top_k": 0}})
+    with pytest.raises(SystemExit) as raised:
+        run_job(spec, output_root=tmp_path)
+    assert raised.value.code == 143
+    (folder,) = (tmp_path / "late").iterdir()
+    state = json.loads((folder / "job.json").read_text())
+    assert state["status"] == "finished"
+    assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(state["parent_run_id"]).info.status == "FINISHED"
+    assert [r.getMessage() for r in caplog.records if r.name == "tuner.job"] == [
+        f"late: stopped (SIGTERM, e.g. tuner stop) while MLflow was being sent the job's end (parent run FINISHED); "
+        f"what it did not get is in the journal: tuner sync {folder}"]

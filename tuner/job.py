@@ -89,6 +89,7 @@ class Job:
         self.view = ""  # the MLflow UI's URL fragment of the job's trials table
         self.searcher = None  # the searcher this process made (a resumed job's is Tune's restored one)
         self.service: Service | None = None  # the local service's Ray head (`tuner up`), if the job attaches
+        self.outcome: str | None = None  # the parent run's end, once the journal has it (FINISHED, KILLED, FAILED)
 
     @classmethod
     def new(cls, spec: JobSpec, output_root: Path) -> Job:
@@ -237,6 +238,7 @@ class Job:
         tracker.emit("parent", metrics={**{f"trials_{k.lower()}": v for k, v in counts.items()}, **result.cost},
                      tags=tags)
         tracker.emit("parent_end", status=final)
+        self.outcome = final  # a stop from here on leaves the parent run's end as it is
         result.undelivered = tracker.close(timeout_s=spec.mlflow.flush_timeout_s)
         self.folder.write_state(status=final.lower(), best_trial=result.best_trial, undelivered=result.undelivered)
         return result
@@ -285,14 +287,28 @@ class Job:
         except JobFailed:
             raise
         except (KeyboardInterrupt, SystemExit) as stop:
-            self._end_parent("KILLED", {})
-            log.warning("%s", self._stopped_outside_tune(stop))
+            if self.outcome is None:
+                self._end_parent("KILLED", {})
+                log.warning("%s", self._stopped_outside_tune(stop))
+            else:  # while the job's end was being delivered: it stays what the journal says
+                try:
+                    self.folder.write_state(status=self.outcome.lower())
+                    unsaved = ""
+                except OSError as exc:
+                    unsaved = f"; job.json was not updated ({describe(exc)})"
+                log.warning("%s: stopped (%s) while MLflow was being sent the job's end (parent run %s); what "
+                            "it did not get is in the journal: tuner sync %s%s", self.spec.name, _what(stop),
+                            self.outcome, self.folder.path, unsaved)
             if isinstance(stop, SystemExit) and stop.code == signal.SIGTERM:
                 # Exit 143, as a shell reports a SIGTERM and as a stop in Tune's loop exits.
                 raise SystemExit(128 + signal.SIGTERM) from stop
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
             reason = describe(exc)
+            if self.outcome is not None:  # after the journal has the job's end: that end stands
+                raise JobFailed(f"{self.spec.name}: the job ended (parent run {self.outcome}), then failed to "
+                                f"close its records: {reason}; what MLflow did not get is in the journal: "
+                                f"tuner sync {self.folder.path}") from exc
             trace = self.folder.path / "error.txt"
             try:
                 trace.write_text(traceback.format_exc())
@@ -304,15 +320,9 @@ class Job:
 
     def _stopped_outside_tune(self, stop: BaseException) -> str:
         """The one line for a job stopped before or after Tune's loop, and what to run next."""
-        if isinstance(stop, KeyboardInterrupt):
-            what = what_stopped("SIGINT")
-        elif stop.code == signal.SIGTERM:
-            what = what_stopped("SIGTERM")
-        else:
-            what = f"SystemExit {stop.code}"
         again = (f"resume: tuner resume {self.folder.path}" if (self.folder.ray / "tuner.pkl").exists()
                  else f"no trial started; run it again: tuner run {self.folder.spec}")
-        return f"{self.spec.name}: stopped ({what}); parent run KILLED; {again}"
+        return f"{self.spec.name}: stopped ({_what(stop)}); parent run KILLED; {again}"
 
     def _end_parent(self, status: str, tags: dict[str, str], *, trace: Path | None = None) -> str:
         """End the parent run through the journal, or straight through MLflow when there is no journal
@@ -341,6 +351,15 @@ class Job:
         except UserError as exc:
             note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
         return note
+
+
+def _what(stop: BaseException) -> str:
+    """What stopped the job, in words: Ctrl-C, a SIGTERM (Ray's handler raises SystemExit(15)), or an exit."""
+    if isinstance(stop, KeyboardInterrupt):
+        return what_stopped("SIGINT")
+    if isinstance(stop, SystemExit) and stop.code == signal.SIGTERM:
+        return what_stopped("SIGTERM")
+    return f"SystemExit {getattr(stop, 'code', '')}"
 
 
 def _budget_spent(spec: JobSpec, result: JobResult, stopped: bool, searcher) -> str | None:
