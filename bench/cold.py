@@ -87,12 +87,13 @@ def _run(command: list[str], cwd: str, what: str) -> None:
         raise RuntimeError(f"{what}: exit {done.returncode}: {done.stdout[-1500:]}{done.stderr[-1500:]}")
 
 
-def _phases(root: Path, started: float, ended: float) -> dict:
-    """Start-up and the time after the last trial, from the newest run's journal (ms time stamps)."""
-    events = journal_events(root, "sleepy")
+def _phases(root: Path, started: float, ended: float, *, name: str = "sleepy", epoch_s: float = EPOCH_S) -> dict:
+    """Start-up (to the first epoch's report, less ``epoch_s``) and the time after the last trial,
+    from the newest run's journal of job ``name`` (ms time stamps)."""
+    events = journal_events(root, name)
     first = min(e["time"] for e in events if e["op"] == "metrics") / 1000
     last = max(e["time"] for e in events if e["op"] in ("metrics", "trial_end")) / 1000
-    return {"startup_s": first - EPOCH_S - started, "after_last_trial_s": ended - last}
+    return {"startup_s": first - epoch_s - started, "after_last_trial_s": ended - last}
 
 
 @contextlib.contextmanager

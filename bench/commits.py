@@ -1,11 +1,14 @@
 """The whole `tuner run` command at several commits: each run a fresh process, the commits' order
 rotating from one round to the next. What a user times, and how it moved between commits.
 
-    python -m bench.commits 2115ba7 HEAD [--rounds 4]
+    python -m bench.commits 2115ba7 HEAD [--rounds 4] [--job sleep|mnist]
 
 Each commit is checked out into a temporary worktree and run with this machine's .venv (its code
-first on PYTHONPATH, the workers' too). The job: 16 trials × 20 epochs of 0.05 s, 2 at a time (8 s
-of ideal work), a new SQLite MLflow store per run.
+first on PYTHONPATH, the workers' too). A new SQLite MLflow store per run. The jobs:
+  sleep  a user's trainable: 16 trials × 20 epochs of 0.05 s, 2 at a time (8 s of ideal work)
+  mnist  the service's own loop (the built-in MLP on MNIST-10k, what a user's own model and data
+         set go through): 8 trials × 2 epochs, 2 at a time; its start-up runs to the end of the
+         first epoch, which the job's data and torch's import come before
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.cold import _phases
-from bench.common import ROOT, save, table, tuner_run
+from bench.cold import EPOCH_S, _phases
+from bench.common import MNIST, ROOT, save, table, tuner_run
 
 JOB = """name: sleepy
 trainable: workloads:sleep_trainable
@@ -29,6 +32,16 @@ metric: loss
 mode: min
 search: {{algorithm: tpe, num_samples: 16, max_concurrent: 2, seed: 0, space: {{x: {{uniform: [0, 1]}}}}}}
 fixed: {{epochs: 20, epoch_s: 0.05}}
+ensemble: {{top_k: 0}}
+"""
+MNIST_JOB = f"""name: mnist
+model: mlp
+data: {{path: {MNIST}, format: idx}}
+metric: val_loss
+mode: min
+search: {{algorithm: tpe, num_samples: 8, max_concurrent: 2, seed: 0, space: {{lr: {{loguniform: [0.001, 0.1]}}}}}}
+trial: {{epochs: 2}}
+fixed: {{batch_size: 128, width: 256}}
 ensemble: {{top_k: 0}}
 """
 
@@ -50,20 +63,23 @@ def check_tree(tree: Path) -> None:
         raise SystemExit(f"{tree.name}: {done.stderr.strip().splitlines()[-1]}")
 
 
-def run_once(tree: Path) -> dict[str, float]:
+def run_once(tree: Path, job: str) -> dict[str, float]:
     """One whole run: its wall seconds, start-up and time after the last trial (bench.cold's phases)."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "job.yaml"
-        spec.write_text(JOB.format(code=tree / "bench"))
+        spec.write_text(JOB.format(code=tree / "bench") if job == "sleep" else MNIST_JOB)
         started = time.time()
         wall = tuner_run(spec, Path(tmp) / "out", tree)
-        return {"wall_s": wall, **_phases(Path(tmp) / "out", started, time.time())}
+        phases = (_phases(Path(tmp) / "out", started, time.time()) if job == "sleep" else
+                  _phases(Path(tmp) / "out", started, time.time(), name="mnist", epoch_s=0.0))
+        return {"wall_s": wall, **phases}
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revs", nargs="+")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--job", choices=["sleep", "mnist"], default="sleep")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tuner-commits-") as base:
         trees = {}
@@ -79,15 +95,17 @@ def main(argv: list[str]) -> None:
             shas = list(trees)
             for r in range(args.rounds):
                 for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
-                    runs[sha].append(run_once(trees[sha]))
+                    runs[sha].append(run_once(trees[sha], args.job))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     rows = [{"commit": sha, **{key: statistics.median(r[key] for r in rs) for key in rs[0]},
              "runs": ", ".join(f"{r['wall_s']:.1f}" for r in rs)} for sha, rs in runs.items()]
     table(rows, ["commit", "wall_s", "startup_s", "after_last_trial_s", "runs"],
-          f"`tuner run`, whole command, median of {args.rounds} (8 s ideal)")
-    save("commits-" + "-".join(runs), rows, revs=args.revs, every_run=runs)  # a file per comparison
+          f"`tuner run` of the {args.job} job, whole command, median of {args.rounds}"
+          + (f" ({16 * 20 * EPOCH_S / 2:g} s ideal)" if args.job == "sleep" else ""))
+    suffix = "" if args.job == "sleep" else f"-{args.job}"
+    save("commits-" + "-".join(runs) + suffix, rows, revs=args.revs, job=args.job, every_run=runs)  # a file per comparison
 
 
 if __name__ == "__main__":
