@@ -124,13 +124,16 @@ class TrackingCallback(Callback):
             self.renamed |= {(trial.trial_id, k) for k in new}
         self._emit("metrics", **event)
 
+    def _cost(self, trial) -> dict[str, float]:
+        return trial_cost(charged(self.time.seconds(trial.trial_id), trial.last_result), self.resources)
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if trial.trial_id in self.ended:
             return
         finished = trial.trial_id not in self.stopped
         end = TrialEnd(trial=trial.trial_id, status="FINISHED" if finished else "KILLED",
                        tags={"tuner.end": "finished" if finished else "stopped early by the scheduler"},
-                       metrics=trial_cost(charged(self.time.seconds(trial.trial_id), trial.last_result), self.resources))
+                       metrics=self._cost(trial))
         self._emit(**end.event())
         value = (trial.last_result or {}).get(self.metric)
         if improves(value, self.best, self.mode):
@@ -150,7 +153,7 @@ class TrackingCallback(Callback):
         diverged = "Diverged" in message
         end = TrialEnd(trial=trial.trial_id, status="FAILED", traceback=trace,
                        tags={"tuner.end": "diverged" if diverged else "failed", "error": message},
-                       metrics={**trial_cost(charged(self.time.seconds(trial.trial_id), trial.last_result), self.resources),
+                       metrics={**self._cost(trial),
                                 **({"diverged": 1} if diverged else {})})
         self._emit(**end.event())
 
@@ -203,7 +206,6 @@ def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
     ray_results = {r.metrics["trial_id"]: r for r in results if r.metrics and "trial_id" in r.metrics}
     ray_errors = {trial: result.error for trial, result in ray_results.items()}
     seconds = trained_seconds(tracker.journal.events)
-
     names, statuses = {}, {}
     for event in tracker.journal.events:
         if event["op"] == "trial_start":
@@ -225,8 +227,8 @@ def trial_statuses(tracker: Tracker, results, *, resources: dict[str, float],
             end = TrialEnd(trial, "FAILED", {"tuner.end": "failed", "error": str(ray_errors[trial]).splitlines()[0][:500]})
         else:
             end = TrialEnd(trial, "FINISHED", {"tuner.end": "finished (recorded from Ray's results after a restart)"})
-        end = replace(end, metrics=trial_cost(charged(seconds.get(trial, 0.0), ray_results[trial].metrics if trial in ray_results else None),
-                                             resources))
+        last_result = ray_results[trial].metrics if trial in ray_results else None
+        end = replace(end, metrics=trial_cost(charged(seconds.get(trial, 0.0), last_result), resources))
         tracker.emit(**end.event())
         statuses[trial] = end.status
     return {names[trial]: status for trial, status in statuses.items()}
