@@ -221,3 +221,14 @@ def test_a_trial_is_charged_every_run_it_had(tmp_path: Path):
     end = [e for e in events if e["op"] == "trial_end"][-1]
     assert end["metrics"] == {"trial_wall_s": 5.5, "cpu_s": 11.0, "gpu_s": 2.75}  # 2 + 3 + 0.5 s
     assert trained_seconds(events) == {"s": 5.5}
+
+
+def test_training_time_counts_rays_results_only_and_each_once():
+    from tuner.tracking.names import TrainingTime, charged
+
+    time = TrainingTime()
+    time.add("a", {"score": 1.0, "time_total_s": 9.0})  # not a result of Ray's Trainable: nothing to count
+    assert time.seconds("a") == 0.0 and charged(time.seconds("a"), {"time_total_s": 9.0}) == 9.0
+    for iterations, seconds in [(1, 2.0), (2, 4.0), (2, 4.0), (1, 1.0), (2, 3.0)]:  # restored after 4 s
+        time.add("a", {"iterations_since_restore": iterations, "time_since_restore": seconds})
+    assert time.seconds("a") == 7.0 and time.seconds("b") == 0.0

@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search_spaces import condition_of, domain_of, sample
 from tuner.history import BoundedHistory
 from tuner.spec import JobSpec
-from tuner.tracking.names import TrainingTime
+from tuner.tracking.names import TrainingTime, charged
 from tuner.study import open_storage
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class StoredStudySearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result:
             self._time().add(trial_id, result)
-        self.gpu_s += self._time().seconds(trial_id) * self.gpus_per_trial
+        self.gpu_s += charged(self._time().seconds(trial_id), result) * self.gpus_per_trial
         self._ran()
         super().on_trial_complete(trial_id, result=result, error=error)
 

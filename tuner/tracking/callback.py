@@ -24,8 +24,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tuner.tracking.names import (TrainingTime, TrialEnd, flat, improves, is_number, legal_name, legal_names,
-                                  stopped_early, trial_name, what_stopped)
+from tuner.tracking.names import (TrainingTime, TrialEnd, charged, flat, improves, is_number, legal_name,
+                                  legal_names, stopped_early, trial_name, what_stopped)
 from tuner.tracking.writer import Tracker, writer_for
 
 # Keys Ray adds to every result; everything else a trial reports is logged as a metric.
@@ -171,13 +171,6 @@ def trial_cost(seconds: float, resources: dict[str, float]) -> dict[str, float]:
     """What a trial used: its training wall seconds over all its runs (`TrainingTime`) and
     resource-seconds (times the CPUs and GPUs it held)."""
     return {"trial_wall_s": seconds, "cpu_s": seconds * resources["cpu"], "gpu_s": seconds * resources["gpu"]}
-
-
-def charged(seconds: float, last_result: dict[str, Any] | None) -> float:
-    """A trial's training seconds: those counted over its runs, or Ray's ``time_total_s`` where it is
-    more (it never exceeds all runs' seconds, but knows more where a crash lost the journal's last
-    results, or where a journal from before the seconds were kept has none)."""
-    return max(seconds, float((last_result or {}).get("time_total_s") or 0.0))
 
 
 def trained_seconds(events: list[dict[str, Any]]) -> dict[str, float]:

@@ -61,8 +61,11 @@ class TrainingTime:
         self.current: dict[str, tuple[int, float]] = {}  # trial id -> (iterations, seconds) of the current run
 
     def add(self, trial: str, result: Mapping[str, Any]) -> None:
-        """Count one of a trial's results (Ray's; each result once, in order)."""
-        iterations = int(result.get("iterations_since_restore") or 0)
+        """Count one of a trial's results (Ray's; each result once, in order). A result without Ray's
+        ``iterations_since_restore`` counts nothing (`charged` falls back on ``time_total_s``)."""
+        if "iterations_since_restore" not in result:
+            return
+        iterations = int(result["iterations_since_restore"] or 0)
         seconds = float(result.get("time_since_restore") or 0.0)
         before = self.current.get(trial)
         if before == (iterations, seconds):
@@ -73,6 +76,13 @@ class TrainingTime:
 
     def seconds(self, trial: str) -> float:
         return self.earlier.get(trial, 0.0) + self.current.get(trial, (0, 0.0))[1]
+
+
+def charged(seconds: float, last_result: Mapping[str, Any] | None) -> float:
+    """A trial's training seconds: those `TrainingTime` counted over its runs, or Ray's ``time_total_s``
+    where it is more (it never exceeds all runs' seconds, but knows more where a crash lost the
+    journal's last results, or where a journal from before the seconds were kept has none)."""
+    return max(seconds, float((last_result or {}).get("time_total_s") or 0.0))
 
 
 @dataclass(frozen=True)
