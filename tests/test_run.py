@@ -300,3 +300,41 @@ def test_a_sigterm_after_the_jobs_end_is_recorded_leaves_that_end(ray_session, t
     assert [r.getMessage() for r in caplog.records if r.name == "tuner.job"] == [
         f"late: stopped (SIGTERM, e.g. tuner stop) while MLflow was being sent the job's end (parent run FINISHED); "
         f"what it did not get is in the journal: tuner sync {folder}"]
+
+
+def test_a_sigusr1_to_the_driver_ends_the_job_as_a_stopped_one(tmp_path):
+    """SIGUSR1 is Ray Tune's own stop signal: its handler ends Tune's loop and says nothing. The job
+    read that as a normal end: parent run FINISHED, the cut-short trials FINISHED. Now it ends as a
+    stopped job: trials KILLED with the reason, parent run KILLED, exit 128 + 10."""
+    import signal
+    import time
+
+    (tmp_path / "job.yaml").write_text(json.dumps({
+        "name": "usr1", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "mode": "min", "ensemble": {"top_k": 0}, "fixed": {"epochs": 12, "sleep": 0.3},
+        "search": {"algorithm": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0,
+                   "space": {"x": {"uniform": [0.0, 0.5]}}}}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    events = tmp_path / "tuner_runs" / "usr1"
+    try:
+        deadline = time.monotonic() + 180
+        while not any(b'"op": "metrics"' in p.read_bytes() for p in events.glob("*/tracking/events.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGUSR1)  # the driver only, as `kill -USR1 <pid>`
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGUSR1, output
+    folder = next(events.glob("*/"))
+    state = json.loads((folder / "job.json").read_text())
+    assert state["status"] == "killed", state
+    _, parent, runs = _children(f"sqlite:///{tmp_path / 'tuner_runs' / 'mlflow.db'}", state["parent_run_id"])
+    assert parent.info.status == "KILLED"
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert killed and all(r.data.tags["tuner.end"] == "stopped: the job was stopped (SIGUSR1, Ray Tune's own stop signal)"
+                          for r in killed), [(r.info.status, r.data.tags.get("tuner.end")) for r in runs]

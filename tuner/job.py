@@ -56,7 +56,7 @@ class JobResult:
     cost: dict[str, float] = field(default_factory=dict)  # trial_hours, cpu_hours, gpu_hours of the ended trials
     budget_spent: str | None = None  # what of search.budget stopped new trials, if it did
     undelivered: int = 0
-    stop_signal: str | None = None  # SIGTERM (tuner stop) or SIGINT (Ctrl-C), when one ended it before all trials ran
+    stop_signal: str | None = None  # SIGTERM (tuner stop), SIGINT (Ctrl-C) or SIGUSR1 (Tune's), when one ended it early
     ray_service: str | None = None  # the address of the `tuner up` Ray head the job attached to
     service_ui: str | None = None  # that service's MLflow UI
 
@@ -167,7 +167,7 @@ class Job:
                 # beside the report and the ensemble, and the job waits for both.
                 shutdown = pool.submit(ray.close)
                 try:
-                    result = self.finish(results, made, stop_signal=stopped.signal)
+                    result = self.finish(results, made, stop_signal=stopped.signal or _stopped_in_tune(results))
                 except BaseException:
                     if shutdown.exception() is not None:  # the job's own error goes on; Ray's is told
                         log.warning("Ray's shutdown failed as well: %s", describe(shutdown.exception()))
@@ -188,7 +188,7 @@ class Job:
             with ray_session(self.spec, self.folder, verbose=verbose, service=self.service), \
                     stop_on_signals() as stopped:
                 results = restore_tuner(self.spec, self.folder, made).fit()
-            return self.finish(results, made, stop_signal=stopped.signal)
+            return self.finish(results, made, stop_signal=stopped.signal or _stopped_in_tune(results))
 
     def finish(self, results, made: Factories | None, *, stop_signal: str | None = None) -> JobResult:
         """After Tune: rank trials, ensemble, report, close the parent run, flush tracking. ``stop_signal``:
@@ -353,6 +353,15 @@ class Job:
         except UserError as exc:
             note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
         return note
+
+
+def _stopped_in_tune(results) -> str | None:
+    """SIGUSR1 when Tune's loop ended with a trial neither done nor failed, and no signal of the job's
+    stopped it: Tune's own handler took a SIGUSR1 sent to the driver. The job then ends as a stopped
+    one (trials KILLED, `tuner resume` goes on), not FINISHED with those trials cut short."""
+    if any(r.error is None and not (r.metrics or {}).get("done") for r in results):
+        return "SIGUSR1"
+    return None
 
 
 def _what(stop: BaseException) -> str:

@@ -145,7 +145,11 @@ def stopped_early(result: Mapping[str, Any], max_t: int | None) -> bool:
 def what_stopped(signal_name: str) -> str:
     """How the job's messages name the signal that stopped it: ``Ctrl-C`` for SIGINT, else the
     signal and where it usually comes from."""
-    return "Ctrl-C" if signal_name == "SIGINT" else f"{signal_name}, e.g. tuner stop"
+    if signal_name == "SIGINT":
+        return "Ctrl-C"
+    if signal_name == "SIGUSR1":
+        return "SIGUSR1, Ray Tune's own stop signal"
+    return f"{signal_name}, e.g. tuner stop"
 
 
 def is_number(value: Any) -> bool:
