@@ -208,40 +208,49 @@ def test_a_sigterm_before_tunes_loop_does_not_abort_the_driver_3_s_later():
         f"exit {out.returncode}: {out.stdout} {out.stderr[-1500:]}")
 
 
-def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_and_charged(tmp_path):
-    """Ctrl-C in a terminal (SIGINT to the command's process group) while trials run: Tune stops them,
-    the job records them KILLED (with Ctrl-C as the reason) and charges their time, the parent run ends
-    KILLED, and the command exits 130. Tune's own Ctrl-C handler ended such a job FINISHED."""
+def _signal_mid_search(tmp_path, name: str, env: dict, send) -> tuple[subprocess.Popen, str]:
+    """`tuner run` of 4 toy trials (12 epochs of 0.3 s, 2 at a time) in a session of its own; ``send``
+    gets its pid once a trial has reported (Tune's loop runs). Its process and its output."""
     import signal
     import time
 
     (tmp_path / "job.yaml").write_text(json.dumps({
-        "name": "ctrlc", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "name": name, "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
         "mode": "min", "ensemble": {"top_k": 0}, "fixed": {"epochs": 12, "sleep": 0.3},
         "search": {"algorithm": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0,
                    "space": {"x": {"uniform": [0.0, 0.5]}}}}))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # As a terminal's foreground command: Ctrl-C not ignored (a suite started in the background of a
     # shell ignores it, and its children inherit that).
     proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        journals = (tmp_path / "tuner_runs" / name).glob
+        while not any(b'"op": "metrics"' in p.read_bytes() for p in journals("*/tracking/events.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
+            time.sleep(0.5)
+        send(proc.pid)
+        return proc, proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_ctrl_c_mid_search_ends_the_job_killed_with_its_running_trials_killed_and_charged(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the command's process group) while trials run: Tune stops them,
+    the job records them KILLED (with Ctrl-C as the reason) and charges their time, the parent run ends
+    KILLED, and the command exits 130. Tune's own Ctrl-C handler ended such a job FINISHED."""
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc, output = _signal_mid_search(tmp_path, "ctrlc", env, lambda pid: os.killpg(pid, signal.SIGINT))
 
     def ops() -> list[str]:  # read, not opened as a Journal: that would cut a line being written
         lines = b"".join(p.read_bytes() for p in tmp_path.glob("tuner_runs/ctrlc/*/tracking/events.jsonl"))
         return [json.loads(line)["op"] for line in lines.split(b"\n")[:-1]]
 
-    try:
-        deadline = time.monotonic() + 180
-        while "metrics" not in ops():  # a trial has reported: Tune's loop runs
-            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 130, output
     assert "(the job was stopped: running trials recorded as KILLED)" in output
     folder = next(tmp_path.glob("tuner_runs/ctrlc/*/"))
@@ -307,30 +316,12 @@ def test_a_sigusr1_to_the_driver_ends_the_job_as_a_stopped_one(tmp_path):
     read that as a normal end: parent run FINISHED, the cut-short trials FINISHED. Now it ends as a
     stopped job: trials KILLED with the reason, parent run KILLED, exit 128 + 10."""
     import signal
-    import time
 
-    (tmp_path / "job.yaml").write_text(json.dumps({
-        "name": "usr1", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
-        "mode": "min", "ensemble": {"top_k": 0}, "fixed": {"epochs": 12, "sleep": 0.3},
-        "search": {"algorithm": "random", "num_samples": 4, "max_concurrent": 2, "seed": 0,
-                   "space": {"x": {"uniform": [0.0, 0.5]}}}}))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "run", "job.yaml"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    events = tmp_path / "tuner_runs" / "usr1"
-    try:
-        deadline = time.monotonic() + 180
-        while not any(b'"op": "metrics"' in p.read_bytes() for p in events.glob("*/tracking/events.jsonl")):
-            assert proc.poll() is None and time.monotonic() < deadline, "no trial reported"
-            time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGUSR1)  # the driver only, as `kill -USR1 <pid>`
-        output = proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # To the driver only, as `kill -USR1 <pid>`.
+    proc, output = _signal_mid_search(tmp_path, "usr1", env, lambda pid: os.kill(pid, signal.SIGUSR1))
     assert proc.returncode == 128 + signal.SIGUSR1, output
-    folder = next(events.glob("*/"))
+    folder = next((tmp_path / "tuner_runs" / "usr1").glob("*/"))
     state = json.loads((folder / "job.json").read_text())
     assert state["status"] == "killed", state
     _, parent, runs = _children(f"sqlite:///{tmp_path / 'tuner_runs' / 'mlflow.db'}", state["parent_run_id"])
