@@ -1,7 +1,7 @@
 """The whole `tuner run` command at several commits: each run a fresh process, the commits' order
 rotating from one round to the next. What a user times, and how it moved between commits.
 
-    python -m bench.commits 2115ba7 HEAD [--rounds 4] [--job sleep|mnist]
+    python -m bench.commits 2115ba7 HEAD [--rounds 4] [--job sleep|mnist] [--warm]
 
 Each commit is checked out into a temporary worktree and run with this machine's .venv (its code
 first on PYTHONPATH, the workers' too). A new SQLite MLflow store per run. The jobs:
@@ -9,11 +9,14 @@ first on PYTHONPATH, the workers' too). A new SQLite MLflow store per run. The j
   mnist  the service's own loop (the built-in MLP on MNIST-10k, what a user's own model and data
          set go through): 8 trials × 2 epochs, 2 at a time; its start-up runs to the end of the
          first epoch, which the job's data and torch's import come before
+--warm: every run attaches to one `tuner up` service (started by this checkout, before the rounds;
+one untimed job of each commit first), as a user who keeps the service up: `bench.cold`'s warm arm.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -22,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.cold import EPOCH_S, _phases
+from bench.cold import EPOCH_S, _phases, _service, _until_idle
 from bench.common import MNIST, ROOT, save, table, tuner_run
 
 JOB = """name: sleepy
@@ -63,15 +66,19 @@ def check_tree(tree: Path) -> None:
         raise SystemExit(f"{tree.name}: {done.stderr.strip().splitlines()[-1]}")
 
 
-def run_once(tree: Path, job: str) -> dict[str, float]:
-    """One whole run: its wall seconds, start-up and time after the last trial (bench.cold's phases)."""
+def run_once(tree: Path, job: str, warm_root: Path | None = None) -> dict[str, float]:
+    """One whole run: its wall seconds, start-up and time after the last trial (bench.cold's phases).
+    ``warm_root``: the output folder of a `tuner up` service to attach to (else a new one)."""
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "job.yaml"
         spec.write_text(JOB.format(code=tree / "bench") if job == "sleep" else MNIST_JOB)
+        out = warm_root or Path(tmp) / "out"
+        if warm_root is not None:
+            _until_idle()
         started = time.time()
-        wall = tuner_run(spec, Path(tmp) / "out", tree)
-        phases = (_phases(Path(tmp) / "out", started, time.time()) if job == "sleep" else
-                  _phases(Path(tmp) / "out", started, time.time(), name="mnist", epoch_s=0.0))
+        wall = tuner_run(spec, out, tree)
+        phases = (_phases(out, started, time.time()) if job == "sleep" else
+                  _phases(out, started, time.time(), name="mnist", epoch_s=0.0))
         return {"wall_s": wall, **phases}
 
 
@@ -80,6 +87,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("revs", nargs="+")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--job", choices=["sleep", "mnist"], default="sleep")
+    parser.add_argument("--warm", action="store_true", help="attach every run to one `tuner up` service")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tuner-commits-") as base:
         trees = {}
@@ -93,18 +101,22 @@ def main(argv: list[str]) -> None:
         try:
             runs: dict[str, list[dict[str, float]]] = {sha: [] for sha in trees}
             shas = list(trees)
-            for r in range(args.rounds):
-                for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
-                    runs[sha].append(run_once(trees[sha], args.job))
+            warm_root = Path(base) / "warm" if args.warm else None
+            with _service(warm_root) if warm_root else contextlib.nullcontext():
+                for sha in shas if warm_root else []:
+                    run_once(trees[sha], args.job, warm_root)  # untimed: each commit's first job on the service
+                for r in range(args.rounds):
+                    for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
+                        runs[sha].append(run_once(trees[sha], args.job, warm_root))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     rows = [{"commit": sha, **{key: statistics.median(r[key] for r in rs) for key in rs[0]},
              "runs": ", ".join(f"{r['wall_s']:.1f}" for r in rs)} for sha, rs in runs.items()]
     table(rows, ["commit", "wall_s", "startup_s", "after_last_trial_s", "runs"],
-          f"`tuner run` of the {args.job} job, whole command, median of {args.rounds}"
+          f"`tuner run` of the {args.job} job{', warm' if args.warm else ''}, whole command, median of {args.rounds}"
           + (f" ({16 * 20 * EPOCH_S / 2:g} s ideal)" if args.job == "sleep" else ""))
-    suffix = "" if args.job == "sleep" else f"-{args.job}"
+    suffix = ("" if args.job == "sleep" else f"-{args.job}") + ("-warm" if args.warm else "")
     save("commits-" + "-".join(runs) + suffix, rows, revs=args.revs, job=args.job, every_run=runs)  # a file per comparison
 
 

@@ -86,23 +86,28 @@ def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_pat
 
 
 def test_sigterm_while_the_parent_run_is_made_ends_it_killed(tmp_path, monkeypatch, caplog):
-    """A SIGTERM while the job waits for its parent run (made in a thread beside Ray's start) let
-    Ray's SystemExit(15) past the job: the run, made all the same, stayed RUNNING. Now the job waits
-    for it and ends it KILLED, with the one line, exit 143."""
+    """A SIGTERM while the parent run is made (in a thread beside Ray's start; the job goes on
+    without waiting for it) let Ray's SystemExit(15) past the job: the run, made all the same, stayed
+    RUNNING. Now the job waits for it and ends it KILLED, with the one line, exit 143."""
     import os
     import signal
     import time
 
     monkeypatch.setattr(job_module, "ray_session", StandInRay())
-    make_parent = job_module.Job._start_parent_run
+    make_parent, make_factories = job_module.Job._start_parent_run, job_module.factories
 
     def slow_parent(self, checks):
-        time.sleep(0.3)  # the main thread is waiting for this one by then (it only enters the stand-in Ray)
+        time.sleep(0.3)  # the main thread waits for the slow factories below by then
         os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread
         time.sleep(1.0)
         return make_parent(self, checks)
 
+    def slow_factories(spec):
+        time.sleep(1.5)
+        return make_factories(spec)
+
     monkeypatch.setattr(job_module.Job, "_start_parent_run", slow_parent)
+    monkeypatch.setattr(job_module, "factories", slow_factories)
     rays_handler = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as Ray's driver has
     store = f"sqlite:///{tmp_path}/mlflow.db"
     try:
@@ -119,9 +124,29 @@ def test_sigterm_while_the_parent_run_is_made_ends_it_killed(tmp_path, monkeypat
         f"starts: stopped (SIGTERM, e.g. tuner stop); parent run KILLED; no trial started; run it again: tuner run {folder / 'spec.yaml'}"]
 
 
+class StandInTune:
+    """`make_tuner`'s stand-in: its loop calls the callbacks' `on_step_begin` as Tune's does, until one
+    raises (at most 30 s), so that no Ray starts in this process."""
+
+    def __init__(self, spec, folder, callbacks, made, *, searcher, verbose) -> None:
+        self.callbacks = callbacks
+
+    def fit(self):
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for callback in self.callbacks:
+                callback.on_step_begin(0, [])
+            time.sleep(0.05)
+        raise AssertionError("no callback stopped the stand-in Tune's loop")
+
+
 def test_a_store_that_refuses_the_job_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """Tune starts while the parent run is made: the refusal stops its loop and leaves nothing."""
     ray = StandInRay()
     monkeypatch.setattr(job_module, "ray_session", ray)
+    monkeypatch.setattr(job_module, "make_tuner", StandInTune)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]

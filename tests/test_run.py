@@ -311,6 +311,33 @@ def test_a_sigterm_after_the_jobs_end_is_recorded_leaves_that_end(ray_session, t
         f"what it did not get is in the journal: tuner sync {folder}"]
 
 
+def test_a_store_that_refuses_the_job_once_its_trials_started_stops_them_and_leaves_nothing(ray_session, tmp_path):
+    """Tune starts before the parent run exists; on a Ray that is up already (here the suite's) the run
+    is made once the first trial has started. A store that refuses it then stops Tune's loop: the one
+    line, exit 2 (a UserError, not a failed job), no run folder, and the trials (100 s each) cut short."""
+    import socket
+    import time
+
+    from tuner.errors import UserError
+    from tuner.job import JobFailed
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    spec = spec_from_mapping({
+        "name": "refused", "trainable": "toy_trainable:train", "code_dir": str(USER_CODE), "metric": "score",
+        "mode": "min", "search": {"algorithm": "random", "num_samples": 2, "space": {"x": {"uniform": [0.0, 1.0]}}},
+        "fixed": {"epochs": 100, "sleep": 1.0}, "ensemble": {"top_k": 0},
+        "mlflow": {"tracking_uri": f"http://127.0.0.1:{closed}"}})
+    started = time.monotonic()
+    with pytest.raises(UserError) as raised:
+        run_job(spec, output_root=tmp_path)
+    assert time.monotonic() - started < 60
+    assert not isinstance(raised.value, JobFailed)
+    assert f"127.0.0.1:{closed}" in str(raised.value) and "\n" not in str(raised.value)
+    assert list((tmp_path / "refused").iterdir()) == []
+
+
 def test_a_sigusr1_to_the_driver_ends_the_job_as_a_stopped_one(tmp_path):
     """SIGUSR1 is Ray Tune's own stop signal: its handler ends Tune's loop and says nothing. The job
     read that as a normal end: parent run FINISHED, the cut-short trials FINISHED. Now it ends as a

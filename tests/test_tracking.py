@@ -67,6 +67,26 @@ def test_live_tracker_delivers_in_order(tmp_path: Path):
     assert Journal(tmp_path / "tracking").delivered == 11
 
 
+def test_a_tracker_opened_before_the_parent_run_journals_then_delivers_it_all(tmp_path: Path):
+    """A job's trials start before its parent run exists (tuner.job): the writer journals them, and
+    delivers what it holds once it is given the run; one that never gets it delivers nothing."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(tmp_path / "tracking", tracking_uri=store)
+    _emit_two_trials(tracker)
+    assert tracker.delivery is None and Journal(tmp_path / "tracking").delivered == 0
+    experiment_id, parent = start_parent_run(tracking_uri=store, experiment="e", job_name="j", params={},
+                                             spec_yaml="name: j\n", tags={})
+    tracker.deliver_to(experiment_id, parent)
+    assert tracker.close(timeout_s=30) == 0
+    assert Journal(tmp_path / "tracking").delivered == 11
+    runs = MlflowClient(store).search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert len(runs) == 2
+
+    refused = Tracker(tmp_path / "refused", tracking_uri=store)
+    _emit_two_trials(refused)
+    assert refused.close(timeout_s=30) == 11  # nothing delivered, nothing lost from the journal
+
+
 def test_journal_ignores_a_line_cut_short_by_a_crash(tmp_path: Path):
     journal = Journal(tmp_path)
     journal.append({"op": "metrics", "trial": "a", "step": 1, "time": 0, "values": {"x": 1}})

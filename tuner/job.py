@@ -4,25 +4,29 @@
     with run_folder_lock(job.folder.path, "tuner run NAME"):   # the caller holds the folder's lock
         result = job.fit(checks=..., callbacks=...)            # or job.resume()
 
-`fit` starts the parent run, opens the journal's writer, runs Tune in a Ray
-session and `finish`es: ranks the trials, builds the ensemble, writes the report and ends the parent
-run. Whatever stops a job after its parent run exists ends that run FAILED (or KILLED) with the
+`fit` starts Ray, the parent run (in a thread) and the journal's writer, runs Tune (its trials start
+before the parent run exists; the journal is delivered once it does) and `finish`es: ranks the
+trials, builds the ensemble, writes the report and ends the parent run. Whatever stops a job after its parent run exists ends that run FAILED (or KILLED) with the
 reason, never RUNNING. A job writes only inside its run folder (`tuner.folders`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import signal
+import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from ray.tune import Callback
 
 from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_signals
 from tuner.errors import (NotFoundError, TrackingRefused, TrackingUnavailable, UserError, describe, redact,
@@ -122,31 +126,23 @@ class Job:
     def fit(self, *, checks: list | None = None, callbacks: list | None = None, verbose: bool = False) -> JobResult:
         """Run the job to its end. ``checks``: sanity-check results for the parent run; ``callbacks``:
         more Ray Tune callbacks (the CLI's progress view)."""
-        with contextlib.ExitStack() as ray, ThreadPoolExecutor(2, thread_name_prefix="tuner-start") as pool:
-            # MLflow's store and the parent run are made while Ray starts (both take seconds cold), and
-            # so are the model and data factories (torch's import, the data set read: 2.3 s for MNIST-10k).
-            parent = pool.submit(self._start_parent_run, checks or [])
+        # MLflow's store and the parent run are made while Ray starts (both take seconds cold), and so
+        # are the model and data factories (torch's import, the data set read: 2.3 s for MNIST-10k).
+        with (contextlib.ExitStack() as ray, ThreadPoolExecutor(2, thread_name_prefix="tuner-start") as pool,
+              _ParentRun(pool, functools.partial(self._start_parent_run, checks or []),
+                         now=not _ray_is_up(self.spec, self.service)) as parent):
             making = pool.submit(factories, self.spec)
             ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
-            stopped_early: BaseException | None = None
-            try:
-                parent.result()  # a store that refuses the job: its one-line error (Ray stops with the block)
-            except (KeyboardInterrupt, SystemExit) as stop:
-                # Ctrl-C or SIGTERM while the parent run was being made: its thread goes on and makes
-                # it, so wait for that and end the run KILLED below, as any stop before Tune's loop.
-                if parent.exception() is not None:
-                    raise
-                stopped_early = stop
-            except (TrackingUnavailable, TrackingRefused) as refused:
-                if ray_failed is None:
-                    raise
-                raise type(refused)(f"{refused}; Ray did not start either: {describe(ray_failed)}") from ray_failed
-            with self._parent_fails_with_the_job():
-                self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
-                                        experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
-                                        study_storage=redact(self.study[0]), study_name=self.study[1],
-                                        status="running")
-                self._open_tracking()
+            # Tune starts before the parent run exists. The journal has the trials from the start; it is
+            # delivered once the run exists (`_OnceTrialsStart`). Not when Ray failed, nor for a warm
+            # start, whose earlier trials (read with the parent run) seed the study first.
+            early = ray_failed is None and self.spec.search.warm_start is None
+            stopped_early = None if early else self._wait_for_parent(parent, ray_failed)
+            with self._parent_fails_with_the_job(parent):
+                if early:  # the journal only, until the parent run exists
+                    self.tracker = open_writer(self.folder.tracking, tracking_uri=self.tracking_uri)
+                else:
+                    self._parent_made(parent)
                 if stopped_early is not None:
                     raise stopped_early
                 if ray_failed is not None:
@@ -157,11 +153,12 @@ class Job:
                 callback = TrackingCallback(folder=self.folder.tracking, metric=self.spec.objective,
                                             mode=self.spec.direction, max_t=_max_t(self.spec),
                                             resources=self.spec.trial.resources.model_dump())
-                import_in_background()  # the report's plotting modules, while the trials run
+                started = _OnceTrialsStart(self, parent if early else None)
                 with stop_on_signals() as stopped:
                     self.searcher = make_searcher(self.spec, storage=self.study[0], study_name=self.study[1])
-                    results = make_tuner(self.spec, self.folder, [callback, *(callbacks or [])], made,
+                    results = make_tuner(self.spec, self.folder, [callback, started, *(callbacks or [])], made,
                                          searcher=self.searcher, verbose=verbose).fit()
+                self._parent_made(parent)  # a job shorter than the store's start waits for it here
                 # Ray's shutdown takes 0.2-0.6 s when this job started Ray (its processes get SIGTERM
                 # and time to exit; BENCHMARKS.md, section 8); nothing after Tune needs Ray, so it runs
                 # beside the report and the ensemble, and the job waits for both.
@@ -177,6 +174,48 @@ class Job:
             if shutdown.exception() is not None:
                 log.warning("Ray did not shut down cleanly: %s", describe(shutdown.exception()))
             return result
+
+    def _wait_for_parent(self, parent: _ParentRun, ray_failed: BaseException | None) -> BaseException | None:
+        """Wait for the parent run before anything else; a stop that came meanwhile, to be raised once
+        the run exists (it then ends KILLED). A store that refused the job: its one-line error, Ray's
+        failure told with it, and the run folder removed (nothing started)."""
+        try:
+            parent.result()
+        except (KeyboardInterrupt, SystemExit) as stop:
+            # Ctrl-C or SIGTERM while the parent run was being made: its thread goes on and makes it,
+            # so wait for that and end the run KILLED, as any stop before Tune's loop.
+            if parent.exception() is not None:
+                self._leave_nothing()
+                raise
+            return stop
+        except BaseException as refused:
+            self._leave_nothing()
+            if ray_failed is None or not isinstance(refused, (TrackingUnavailable, TrackingRefused)):
+                raise
+            raise type(refused)(f"{refused}; Ray did not start either: {describe(ray_failed)}") from ray_failed
+        return None
+
+    def _parent_made(self, parent: _ParentRun) -> None:
+        """Once the parent run exists: the journal's writer delivers to it and job.json names it. Waits
+        for it; raises what kept it from being made."""
+        if self.tracker is not None and self.tracker.delivery is not None:
+            return
+        parent.result()
+        if self.tracker is None:
+            self._open_tracking()
+        else:
+            self.tracker.deliver_to(self.experiment_id or "", self.parent_run_id or "")
+        self.folder.write_state(name=self.spec.name, tracking_uri=self.tracking_uri,
+                                experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+                                study_storage=redact(self.study[0]), study_name=self.study[1], status="running")
+
+    def _leave_nothing(self) -> None:
+        """The store refused the job or its parent run could not be made: close the journal (nothing
+        of it delivered) and remove the run folder, as if the job had not started."""
+        if self.tracker is not None:
+            self.tracker.close(timeout_s=0)
+            self.tracker = None
+        shutil.rmtree(self.folder.path, ignore_errors=True)
 
     def resume(self, *, verbose: bool = False) -> JobResult:
         """Finish an interrupted job with `Tuner.restore` (searcher state included), same parent run.
@@ -248,21 +287,19 @@ class Job:
     # ------------------------------------------------------------------------------ the parent run
 
     def _start_parent_run(self, checks: list) -> None:
+        """Make the job's parent run (in a thread, beside Ray's start). A failure is raised in the job's
+        thread, which removes the run folder (`_leave_nothing`): Tune may be writing in it by then."""
         spec = self.spec
         check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks}
-        try:
-            if spec.search.warm_start is not None:  # an unknown job is refused before anything starts
-                with tracking_errors(self.tracking_uri, "read the warm start's trials"):
-                    self.warm_start = earlier_trials(spec, self.tracking_uri)
-            with store_lock(self.tracking_uri), tracking_errors(self.tracking_uri, "start the job's parent run"):
-                self.experiment_id, self.parent_run_id = start_parent_run(
-                    tracking_uri=self.tracking_uri, experiment=spec.experiment, job_name=spec.name,
-                    spec_yaml=self.folder.spec.read_text(), params=_spec_params(spec),
-                    tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
-                          "tuner.study": self.study[1], **check_tags})
-        except BaseException:
-            shutil.rmtree(self.folder.path, ignore_errors=True)  # nothing started: leave nothing behind
-            raise
+        if spec.search.warm_start is not None:  # an unknown job is refused before anything starts
+            with tracking_errors(self.tracking_uri, "read the warm start's trials"):
+                self.warm_start = earlier_trials(spec, self.tracking_uri)
+        with store_lock(self.tracking_uri), tracking_errors(self.tracking_uri, "start the job's parent run"):
+            self.experiment_id, self.parent_run_id = start_parent_run(
+                tracking_uri=self.tracking_uri, experiment=spec.experiment, job_name=spec.name,
+                spec_yaml=self.folder.spec.read_text(), params=_spec_params(spec),
+                tags={"algorithm": spec.search.algorithm, "seed": str(spec.search.seed),
+                      "tuner.study": self.study[1], **check_tags})
         try:  # a convenience: a store that refuses the tag still runs the job, with a warning
             self.view = share_trials_view(self.tracking_uri, self.experiment_id, self.parent_run_id,
                                           metrics=spec.metrics, modes=spec.modes, params=list(spec.space))
@@ -278,14 +315,20 @@ class Job:
                                    experiment_id=self.experiment_id, parent_run_id=self.parent_run_id)
 
     @contextlib.contextmanager
-    def _parent_fails_with_the_job(self) -> Iterator[None]:
+    def _parent_fails_with_the_job(self, parent: _ParentRun | None = None) -> Iterator[None]:
         """Whatever stops the job after its parent run exists (a data file that does not parse, an
         engine error, a full disk) ends the parent run FAILED with the reason: the traceback goes to
         ``error.txt`` in the run folder and on the parent run, the command prints one line. Ctrl-C that
         gets past Tune ends it KILLED, and so does a SIGTERM before or after Tune's loop (Ray's handler
-        in the driver turns it into SystemExit)."""
+        in the driver turns it into SystemExit). ``parent``: the run being made, when the block may
+        start before it exists; a failure to make it is the job's error (`_settle_parent`)."""
         try:
-            yield
+            try:
+                yield
+            except BaseException:
+                if parent is not None:
+                    self._settle_parent(parent)
+                raise
         except JobFailed:
             raise
         except (KeyboardInterrupt, SystemExit) as stop:
@@ -306,6 +349,8 @@ class Job:
                 raise SystemExit(128 + signal.SIGTERM) from stop
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded in full, then raised again as one line
+            if parent is not None and parent.done() and exc is parent.future.exception():
+                raise  # the parent run was not made: the store's refusal, nothing left behind
             reason = describe(exc)
             if self.outcome is not None:  # after the journal has the job's end: that end stands
                 raise JobFailed(f"{self.spec.name}: the job ended (parent run {self.outcome}), then failed to "
@@ -319,6 +364,20 @@ class Job:
                 reason += f"; the run folder could not record it ({describe(disk)})"
             raise JobFailed(f"{self.spec.name}: the job failed: {reason} (parent run FAILED; traceback in "
                             f"{trace})") from exc
+
+    def _settle_parent(self, parent: _ParentRun) -> None:
+        """Before a failure or a stop that came while the parent run was being made is recorded: wait
+        for the run, and once it exists the journal is delivered to it (the run's end goes there). Not
+        made (the store refused the job): that refusal is raised instead, the run folder removed."""
+        if self.tracker is not None and self.tracker.delivery is not None:
+            return
+        if parent.exception() is not None:  # waits for it
+            self._leave_nothing()
+            raise parent.exception()  # type: ignore[misc]  # the error in hand is its context
+        try:
+            self._parent_made(parent)
+        except OSError as exc:  # job.json: the error in hand is recorded below, or says the folder failed
+            log.warning("%s: job.json does not name the parent run (%s)", self.folder.path, describe(exc))
 
     def _stopped_outside_tune(self, stop: BaseException) -> str:
         """The one line for a job stopped before or after Tune's loop, and what to run next."""
@@ -353,6 +412,73 @@ class Job:
         except UserError as exc:
             note += f"; nor could MLflow be told ({exc}): the parent run may still show RUNNING"
         return note
+
+
+class _ParentRun:
+    """The job's parent run, made in a thread of the job's start: beside Ray's start when the job starts
+    Ray; when Ray is up already (a `tuner up` service, a cluster), once the first trial has started,
+    so that the trials' workers get the cores first (MLflow's import and store take 1.8 s of CPU; made
+    beside Tune's start on 2 cores, they delayed the first trial by 0.3-1.5 s, 2026-12-07). Whoever
+    waits for it starts it."""
+
+    def __init__(self, pool: ThreadPoolExecutor, make: Callable[[], None], *, now: bool) -> None:
+        self._go = threading.Event()
+        self.future: Future = pool.submit(self._make, make)
+        if now:
+            self._go.set()
+
+    def __enter__(self) -> _ParentRun:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.start()  # its thread must not wait for ever: the pool waits for its threads
+
+    def _make(self, make: Callable[[], None]) -> None:
+        self._go.wait()
+        make()
+
+    def start(self) -> None:
+        self._go.set()
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> None:
+        self.start()
+        self.future.result()
+
+    def exception(self) -> BaseException | None:
+        self.start()
+        return self.future.exception()
+
+
+class _OnceTrialsStart(Callback):
+    """What waits for the first trial's start, so that its worker gets the cores first: the report's
+    plotting imports (about 3 s of CPU), and the parent run when it was left for then (`_ParentRun`).
+    Beside Tune's start on 2 cores they delayed the first trial's worker by 2.5 s (2026-12-07).
+
+    With ``parent``: Tune's loop checks at each step whether the parent run exists; then the journal's
+    writer delivers to it and job.json names it (`Job._parent_made`). A store that refused the job
+    raises here and stops Tune. Tune saves its callbacks with the experiment: this one is saved as one
+    that does nothing (a resumed job's parent run exists)."""
+
+    def __init__(self, job: Job, parent: _ParentRun | None) -> None:
+        self.job, self.parent, self.started = job, parent, False
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        if not self.started:
+            self.started = True
+            if self.parent is not None:
+                self.parent.start()
+            import_in_background()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.parent is not None and self.parent.done():
+            self.job._parent_made(self.parent)
+            self.parent = None
+
+    def __reduce__(self):
+        return Callback, ()
 
 
 def _stopped_in_tune(results) -> str | None:
@@ -392,6 +518,14 @@ def _service(spec: JobSpec, output_root: Path) -> Service | None:
     if spec.ray.address is not None or os.environ.get("RAY_ADDRESS") or in_ray_job():
         return None
     return running(output_root)
+
+
+def _ray_is_up(spec: JobSpec, service: Service | None) -> bool:
+    """Whether the job attaches to a Ray that is up already (`ray_session` starts one otherwise)."""
+    import ray
+
+    return (service is not None or spec.ray.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+            or in_ray_job() or ray.is_initialized())
 
 
 def _enter(stack: contextlib.ExitStack, context) -> BaseException | None:

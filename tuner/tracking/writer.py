@@ -32,8 +32,10 @@ _FLUSH_S = 2.0  # the writer delivers what accumulated this often
 _OPEN: dict[Path, "Tracker"] = {}
 
 
-def open_writer(folder: Path, *, tracking_uri: str, experiment_id: str, parent_run_id: str) -> "Tracker":
-    """Open the writer of a run folder's journal (one per folder in a process)."""
+def open_writer(folder: Path, *, tracking_uri: str, experiment_id: str | None = None,
+                parent_run_id: str | None = None) -> "Tracker":
+    """Open the writer of a run folder's journal (one per folder in a process). Without the parent run
+    it journals only, and delivers from `Tracker.deliver_to` on."""
     folder = folder.resolve()
     if folder in _OPEN:
         raise RuntimeError(f"{folder}: a tracking writer is already open for this run folder")
@@ -58,13 +60,25 @@ class Tracker:
     logs its results after `Tuner.fit`.
     """
 
-    def __init__(self, folder: Path, *, tracking_uri: str, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(self, folder: Path, *, tracking_uri: str, experiment_id: str | None = None,
+                 parent_run_id: str | None = None) -> None:
         self.journal = Journal(folder)
-        self.delivery = Delivery(tracking_uri=tracking_uri, experiment_id=experiment_id, parent_run_id=parent_run_id)
         self.tracking_uri = tracking_uri
+        self.delivery: Delivery | None = None  # from `deliver_to` on
         self._stop = threading.Event()
         self._failures = 0
         self.last_error: str | None = None
+        self._thread: threading.Thread | None = None
+        if parent_run_id is not None:
+            self.deliver_to(experiment_id or "", parent_run_id)
+
+    def deliver_to(self, experiment_id: str, parent_run_id: str) -> None:
+        """Start delivering the journal (what it holds already included) to the job's parent run. A
+        job's trials may start before that run exists: Tune starts while MLflow's store is opened."""
+        if self.delivery is not None:
+            raise RuntimeError(f"{self.journal.events_path}: the writer already delivers to a parent run")
+        self.delivery = Delivery(tracking_uri=self.tracking_uri, experiment_id=experiment_id,
+                                 parent_run_id=parent_run_id)
         self._thread = threading.Thread(target=self._run, name="tuner-mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -81,6 +95,8 @@ class Tracker:
         pending = self.journal.pending()
         if not pending:
             return True
+        if self.delivery is None:  # no parent run to deliver to (the store refused the job)
+            return False
         delivered = 0
         try:
             delivered = self.delivery.apply(pending)
@@ -108,9 +124,10 @@ class Tracker:
     def close(self, *, timeout_s: float = 30.0) -> int:
         """Stop the writer, then keep delivering until done or ``timeout_s``; return events left undelivered."""
         self._stop.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         deadline = time.monotonic() + timeout_s
-        while not self._deliver_once() and time.monotonic() < deadline:
+        while self.delivery is not None and not self._deliver_once() and time.monotonic() < deadline:
             time.sleep(_RETRY_WAIT_S[min(self._failures, len(_RETRY_WAIT_S)) - 1])
         left = len(self.journal.pending())
         self.journal.close()
