@@ -224,3 +224,19 @@ def _ask_tune_to_stop() -> None:
         assert not ignored.is_set() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_resuming_a_job_killed_before_its_parent_run_was_made_says_to_run_it_again(tmp_path):
+    """Tune starts before the parent run exists: a job killed (kill -9) in between leaves Tune's
+    experiment and no job.json. `tuner resume` says so in one line, not that job.json is damaged."""
+    from tuner.errors import NotFoundError
+    from tuner.folders import new_run_folder
+
+    spec = _spec(f"sqlite:///{tmp_path}/mlflow.db")
+    folder = new_run_folder(spec, tmp_path / "runs")
+    folder.spec.write_text(spec.to_yaml())
+    folder.ray.mkdir(parents=True)
+    (folder.ray / "tuner.pkl").write_bytes(b"")
+    with pytest.raises(NotFoundError, match="the job stopped before its parent run was made") as raised:
+        job_module.Job.existing(folder)
+    assert f"run it again: tuner run {folder.spec}" in str(raised.value) and "\n" not in str(raised.value)
