@@ -240,3 +240,18 @@ def test_resuming_a_job_killed_before_its_parent_run_was_made_says_to_run_it_aga
     with pytest.raises(NotFoundError, match="the job stopped before its parent run was made") as raised:
         job_module.Job.existing(folder)
     assert f"run it again: tuner run {folder.spec}" in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_parent_run_left_for_the_first_trial_is_made_after_a_while_without_one(monkeypatch):
+    """On a Ray already up the parent run waits for the first trial's start (its worker gets the cores
+    first), but not for ever: a trial waiting for resources must not keep the job out of MLflow."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(job_module, "_PARENT_RUN_WAITS_S", 0.3)
+    made = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        parent = job_module._ParentRun(pool, made.set, now=False)
+        assert not made.wait(0.1)  # left for the first trial's start
+        assert made.wait(5)  # made without it
+        assert parent.result() is None

@@ -417,12 +417,17 @@ class Job:
         return note
 
 
+_PARENT_RUN_WAITS_S = 10.0  # the longest a parent run waits for the first trial's start (`_ParentRun`)
+
+
 class _ParentRun:
     """The job's parent run, made in a thread of the job's start: beside Ray's start when the job starts
     Ray; when Ray is up already (a `tuner up` service, a cluster), once the first trial has started,
-    so that the trials' workers get the cores first (MLflow's import and store take 1.8 s of CPU; made
-    beside Tune's start on 2 cores, they delayed the first trial by 0.3-1.5 s, 2026-12-07). Whoever
-    waits for it starts it."""
+    so that the trials' workers get the cores first (MLflow's import and store take 1.8 s of CPU: made
+    beside Tune's start on 2 cores with the report's imports, the first epoch came at 5.5-6.7 s of a
+    warm job, 4.2-5.0 s with both left for the first trial's start, 2026-12-07). Whoever waits for it
+    starts it, and it is made after at most `_PARENT_RUN_WAITS_S` in any case: a trial that waits for
+    resources (a cluster scaling up) must not keep the job out of the MLflow UI."""
 
     def __init__(self, pool: ThreadPoolExecutor, make: Callable[[], None], *, now: bool) -> None:
         self._go = threading.Event()
@@ -437,7 +442,7 @@ class _ParentRun:
         self.start()  # its thread must not wait for ever: the pool waits for its threads
 
     def _make(self, make: Callable[[], None]) -> None:
-        self._go.wait()
+        self._go.wait(_PARENT_RUN_WAITS_S)
         make()
 
     def start(self) -> None:
@@ -458,7 +463,7 @@ class _ParentRun:
 class _OnceTrialsStart(Callback):
     """What waits for the first trial's start, so that its worker gets the cores first: the report's
     plotting imports (about 3 s of CPU), and the parent run when it was left for then (`_ParentRun`).
-    Beside Tune's start on 2 cores they delayed the first trial's worker by 2.5 s (2026-12-07).
+    Beside Tune's start on 2 cores the imports delayed the trials' workers by 2.5 s (2026-12-07).
 
     With ``parent``: Tune's loop checks at each step whether the parent run exists; then the journal's
     writer delivers to it and job.json names it (`Job._parent_made`). A store that refused the job
