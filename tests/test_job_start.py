@@ -27,6 +27,14 @@ def _spec(tracking_uri: str):
         "ensemble": {"top_k": 0}, "mlflow": {"tracking_uri": tracking_uri}})
 
 
+@pytest.fixture(autouse=True)
+def _the_job_starts_ray(monkeypatch):
+    """The stand-in Ray below is one the job starts, so its parent run is made beside that start, at
+    once; the suite's in-process Ray (the `ray_session` fixture of other files) may be up meanwhile,
+    and a job on a Ray already up leaves its parent run for the first trial's start."""
+    monkeypatch.setattr(job_module, "_ray_is_up", lambda spec, service: False)
+
+
 class StandInRay:
     """A Ray session that records its start and end, or fails to start."""
 
