@@ -1,5 +1,5 @@
-"""How a job starts: MLflow's parent run is made while Ray starts (tuner.job.Job.fit), and either
-failing is told the way it was when they ran one after the other. Ray is replaced by a stand-in
+"""How a job starts: MLflow's parent run is made while Ray starts (tuner.job.Job.fit), Tune may start
+before it exists, and either failing is told the way it was when they ran one after the other. Ray is replaced by a stand-in
 session here; the real one runs in every other job test."""
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def test_sigterm_before_tunes_loop_ends_the_parent_run_killed_not_failed(tmp_pat
 
 def test_sigterm_while_the_parent_run_is_made_ends_it_killed(tmp_path, monkeypatch, caplog):
     """A SIGTERM while the parent run is made (in a thread beside Ray's start; the job goes on
-    without waiting for it) let Ray's SystemExit(15) past the job: the run, made all the same, stayed
-    RUNNING. Now the job waits for it and ends it KILLED, with the one line, exit 143."""
+    towards Tune meanwhile) let Ray's SystemExit(15) past the job: the run, made all the same, stayed
+    RUNNING. Now the stopped job waits for the run and ends it KILLED, with the one line, exit 143."""
     import os
     import signal
     import time
