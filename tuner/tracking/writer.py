@@ -95,8 +95,6 @@ class Tracker:
         pending = self.journal.pending()
         if not pending:
             return True
-        if self.delivery is None:  # no parent run to deliver to (the store refused the job)
-            return False
         delivered = 0
         try:
             delivered = self.delivery.apply(pending)
