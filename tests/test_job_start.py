@@ -234,20 +234,31 @@ def _ask_tune_to_stop() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
-def test_resuming_a_job_killed_before_its_parent_run_was_made_says_to_run_it_again(tmp_path):
-    """Tune starts before the parent run exists: a job killed (kill -9) in between leaves Tune's
-    experiment and no job.json. `tuner resume` says so in one line, not that job.json is damaged."""
-    from tuner.errors import NotFoundError
+def test_a_job_killed_before_its_parent_run_was_made_is_found_and_says_to_run_it_again(tmp_path):
+    """Tune starts before the parent run exists: a job killed (kill -9) in between leaves its spec,
+    Tune's experiment and no job.json. `tuner resume` and `tuner sync`, given the job's name or the
+    folder, find that run (not the job's previous one) and say so in one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
     from tuner.folders import new_run_folder
 
     spec = _spec(f"sqlite:///{tmp_path}/mlflow.db")
+    earlier = new_run_folder(spec, tmp_path / "runs")  # a finished run of the same job, named in job.json
+    earlier.spec.write_text(spec.to_yaml())
+    earlier.write_state(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment_id="1", parent_run_id="abc")
     folder = new_run_folder(spec, tmp_path / "runs")
     folder.spec.write_text(spec.to_yaml())
     folder.ray.mkdir(parents=True)
     (folder.ray / "tuner.pkl").write_bytes(b"")
-    with pytest.raises(NotFoundError, match="the job stopped before its parent run was made") as raised:
-        job_module.Job.existing(folder)
-    assert f"run it again: tuner run {folder.spec}" in str(raised.value) and "\n" not in str(raised.value)
+    assert folder.path.name > earlier.path.name
+    for command in (["resume", "starts"], ["resume", str(folder.path)], ["sync", "starts"], ["sync", str(folder.path)]):
+        result = CliRunner().invoke(app, [*command, "--output-dir", str(tmp_path / "runs")])
+        assert result.exit_code == 2, (command, result.output)
+        line = " ".join(result.output.split())  # the console wraps long lines
+        assert f"{folder.path.name}: no MLflow parent run (the job stopped before it was made" in line, command
+        assert f"run it again: tuner run {folder.spec}" in line, command
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was started: no store opened
 
 
 def test_a_parent_run_left_for_the_first_trial_is_made_after_a_while_without_one(monkeypatch):

@@ -340,12 +340,13 @@ def sync(job: str = typer.Argument(..., help="Job name (its newest run) or run f
     from tuner.tracking import sync as deliver
 
     folder = find_run_folder(output_dir, job)
-    state = folder.read_state()
     _quiet(False)
-    uri = folder.tracking_uri(state)
-    with run_folder_lock(folder.path, "tuner sync"), tracking_errors(uri, "take the journal's events"):
-        delivered, left = deliver(folder.tracking, tracking_uri=folder.tracking_uri(state),
-                                  experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"])
+    with run_folder_lock(folder.path, "tuner sync"):  # a job still running is busy, not missing its job.json
+        state = folder.read_state()
+        uri = folder.tracking_uri(state)
+        with tracking_errors(uri, "take the journal's events"):
+            delivered, left = deliver(folder.tracking, tracking_uri=uri, experiment_id=state["experiment_id"],
+                                      parent_run_id=state["parent_run_id"])
     out.print(f"delivered {delivered} events to {redact(state['tracking_uri'])}; {left} left")
     raise typer.Exit(0 if left == 0 else 1)
 

@@ -124,6 +124,10 @@ class RunFolder:
         return self.path / "report"
 
     def read_state(self) -> dict[str, Any]:
+        if not self.state.exists() and self.spec.exists():
+            # job.json is written once the parent run exists, and Tune starts before that (tuner.job).
+            raise NotFoundError(f"{self.path}: no MLflow parent run (the job stopped before it was made, or is "
+                                f"starting now): nothing of it reached MLflow; run it again: tuner run {self.spec}")
         try:
             state = json.loads(self.state.read_text())
         except (OSError, ValueError) as exc:
@@ -190,15 +194,21 @@ def tracking_uri_for(spec: Any, output_root: Path) -> str:
     return store_uri(spec.mlflow.tracking_uri, output_root)
 
 
+def _is_run_folder(path: Path) -> bool:
+    """spec.yaml is written first, job.json once the parent run exists: a job stopped in between (Tune
+    starts before the parent run) is a run folder too, the newest of its job, and says what happened."""
+    return (path / "spec.yaml").exists() or (path / "job.json").exists()
+
+
 def job_folders(output_root: Path, name: str) -> list[RunFolder]:
     """A job's run folders, oldest first."""
     base = output_root / name
-    return [RunFolder(p) for p in sorted(base.iterdir()) if (p / "job.json").exists()] if base.is_dir() else []
+    return [RunFolder(p) for p in sorted(base.iterdir()) if _is_run_folder(p)] if base.is_dir() else []
 
 
 def find_run_folder(output_root: Path, job: str) -> RunFolder:
     """A run folder by path, or the newest run of a job by name."""
-    if Path(job).is_dir() and (Path(job) / "job.json").exists():
+    if Path(job).is_dir() and _is_run_folder(Path(job)):
         return RunFolder(Path(job))
     folders = job_folders(output_root, job)
     if not folders:

@@ -114,10 +114,7 @@ class Job:
         """An interrupted job, from its run folder, to resume under the same parent run."""
         if not (folder.ray / "tuner.pkl").exists():
             raise NotFoundError(f"{folder.path}: no Ray experiment to resume (the job stopped before Ray started)")
-        if not folder.state.exists():  # killed after Tune's start, before the parent run was made
-            raise NotFoundError(f"{folder.path}: the job stopped before its parent run was made (nothing of it "
-                                f"reached MLflow); run it again: tuner run {folder.spec}")
-        state = folder.read_state()
+        state = folder.read_state()  # no job.json: killed after Tune's start, before the parent run was made
         spec = load_spec(folder.spec)
         job = cls(spec, folder, folder.tracking_uri(state), experiment_id=state["experiment_id"],
                   parent_run_id=state["parent_run_id"])
