@@ -236,8 +236,8 @@ def _ask_tune_to_stop() -> None:
 
 def test_a_job_killed_before_its_parent_run_was_made_is_found_and_says_to_run_it_again(tmp_path):
     """Tune starts before the parent run exists: a job killed (kill -9) in between leaves its spec,
-    Tune's experiment and no job.json. `tuner resume` and `tuner sync`, given the job's name or the
-    folder, find that run (not the job's previous one) and say so in one line, exit 2."""
+    Tune's experiment and no job.json. `tuner resume`, `sync` and `dashboard`, given the job's name or
+    the folder, find that run (not the job's previous one) and say so in one line, exit 2."""
     from typer.testing import CliRunner
 
     from tuner.cli import app
@@ -252,7 +252,8 @@ def test_a_job_killed_before_its_parent_run_was_made_is_found_and_says_to_run_it
     folder.ray.mkdir(parents=True)
     (folder.ray / "tuner.pkl").write_bytes(b"")
     assert folder.path.name > earlier.path.name
-    for command in (["resume", "starts"], ["resume", str(folder.path)], ["sync", "starts"], ["sync", str(folder.path)]):
+    for command in (["resume", "starts"], ["resume", str(folder.path)], ["sync", "starts"], ["sync", str(folder.path)],
+                    ["dashboard", "starts"]):
         result = CliRunner().invoke(app, [*command, "--output-dir", str(tmp_path / "runs")])
         assert result.exit_code == 2, (command, result.output)
         line = " ".join(result.output.split())  # the console wraps long lines
