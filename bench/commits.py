@@ -1,7 +1,7 @@
 """The whole `tuner run` command at several commits: each run a fresh process, the commits' order
 rotating from one round to the next. What a user times, and how it moved between commits.
 
-    python -m bench.commits 2115ba7 HEAD [--rounds 4] [--job sleep|mnist] [--warm]
+    python -m bench.commits 2115ba7 HEAD [--rounds 4] [--job sleep|mnist] [--warm] [--checks]
 
 Each commit is checked out into a temporary worktree and run with this machine's .venv (its code
 first on PYTHONPATH, the workers' too). A new SQLite MLflow store per run. The jobs:
@@ -11,6 +11,7 @@ first on PYTHONPATH, the workers' too). A new SQLite MLflow store per run. The j
          first epoch, which the job's data and torch's import come before
 --warm: every run attaches to one `tuner up` service (started by this checkout, before the rounds;
 one untimed job of each commit first), as a user who keeps the service up: `bench.cold`'s warm arm.
+--checks: the mnist job with its sanity checks, as `tuner run` runs by default (otherwise skipped).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def check_tree(tree: Path) -> None:
         raise SystemExit(f"{tree.name}: {done.stderr.strip().splitlines()[-1]}")
 
 
-def run_once(tree: Path, job: str, warm_root: Path | None = None) -> dict[str, float]:
+def run_once(tree: Path, job: str, warm_root: Path | None = None, checks: bool = False) -> dict[str, float]:
     """One whole run: its wall seconds, start-up and time after the last trial (bench.cold's phases).
     ``warm_root``: the output folder of a `tuner up` service to attach to (else a new one)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +77,7 @@ def run_once(tree: Path, job: str, warm_root: Path | None = None) -> dict[str, f
         if warm_root is not None:
             _until_idle()
         started = time.time()
-        wall = tuner_run(spec, out, tree)
+        wall = tuner_run(spec, out, tree, checks=checks)
         phases = (_phases(out, started, time.time()) if job == "sleep" else
                   _phases(out, started, time.time(), name="mnist", epoch_s=0.0))
         return {"wall_s": wall, **phases}
@@ -88,7 +89,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--job", choices=["sleep", "mnist"], default="sleep")
     parser.add_argument("--warm", action="store_true", help="attach every run to one `tuner up` service")
+    parser.add_argument("--checks", action="store_true", help="the mnist job with its sanity checks")
     args = parser.parse_args(argv)
+    if args.checks and args.job != "mnist":
+        parser.error("--checks: only the mnist job has sanity checks (the sleep job is a user's trainable)")
     with tempfile.TemporaryDirectory(prefix="tuner-commits-") as base:
         trees = {}
         for rev in args.revs:
@@ -104,20 +108,21 @@ def main(argv: list[str]) -> None:
             warm_root = Path(base) / "warm" if args.warm else None
             with _service(warm_root) if warm_root else contextlib.nullcontext():
                 for sha in shas if warm_root else []:
-                    run_once(trees[sha], args.job, warm_root)  # untimed: each commit's first job on the service
+                    run_once(trees[sha], args.job, warm_root, args.checks)  # untimed: each commit's first job on the service
                 for r in range(args.rounds):
                     for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
-                        runs[sha].append(run_once(trees[sha], args.job, warm_root))
+                        runs[sha].append(run_once(trees[sha], args.job, warm_root, args.checks))
         finally:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     rows = [{"commit": sha, **{key: statistics.median(r[key] for r in rs) for key in rs[0]},
              "runs": ", ".join(f"{r['wall_s']:.1f}" for r in rs)} for sha, rs in runs.items()]
     table(rows, ["commit", "wall_s", "startup_s", "after_last_trial_s", "runs"],
-          f"`tuner run` of the {args.job} job{', warm' if args.warm else ''}, whole command, median of {args.rounds}"
+          f"`tuner run` of the {args.job} job{', warm' if args.warm else ''}{', checks' if args.checks else ''}, whole command, median of {args.rounds}"
           + (f" ({16 * 20 * EPOCH_S / 2:g} s ideal)" if args.job == "sleep" else ""))
-    suffix = ("" if args.job == "sleep" else f"-{args.job}") + ("-warm" if args.warm else "")
-    save("commits-" + "-".join(runs) + suffix, rows, revs=args.revs, job=args.job, every_run=runs)  # a file per comparison
+    suffix = ("" if args.job == "sleep" else f"-{args.job}") + ("-warm" if args.warm else "") + ("-checks" if args.checks else "")
+    save("commits-" + "-".join(runs) + suffix, rows, revs=args.revs, job=args.job, checks=args.checks,
+         every_run=runs)  # a file per comparison
 
 
 if __name__ == "__main__":

@@ -117,16 +117,16 @@ def machine_cpu_s() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def tuner_run(spec: Path, output_dir: Path, code: Path = ROOT) -> float:
-    """Wall seconds of one whole `tuner run` of ``spec`` (checks skipped), in a fresh process started
-    in the spec's folder, with ``code`` first on the path (the driver's and, through PYTHONPATH, the
-    workers'): what a user times. Raises with the command's output when it fails."""
+def tuner_run(spec: Path, output_dir: Path, code: Path = ROOT, *, checks: bool = False) -> float:
+    """Wall seconds of one whole `tuner run` of ``spec`` (the sanity checks skipped unless ``checks``),
+    in a fresh process started in the spec's folder, with ``code`` first on the path (the driver's and,
+    through PYTHONPATH, the workers'): what a user times. Raises with the command's output when it fails."""
     import subprocess
 
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "tuner.cli", "run", str(spec), "--output-dir", str(output_dir),
-                           "--skip-checks"], cwd=spec.parent, env={**os.environ, "PYTHONPATH": str(code)},
-                          capture_output=True, text=True)
+                           *([] if checks else ["--skip-checks"])], cwd=spec.parent,
+                          env={**os.environ, "PYTHONPATH": str(code)}, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{spec} ({code}): {done.stdout[-1500:]}{done.stderr[-1500:]}")

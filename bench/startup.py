@@ -2,11 +2,11 @@
 
 Two measurements of the demo job (2 trials, 1 epoch):
   end to end  `tuner run` as a subprocess; the first trial's start is read from the job's journal
-  phases     the same steps in a fresh interpreter, each timed: imports, spec, sanity checks one
-             after the other; then the job's steps, each as its start and its length from the
-             job's start, since two of them run side by side (the MLflow parent run, where a new
-             SQLite store creates its tables, in a thread beside `ray.init`), then the data, and
-             `Tuner.fit` to the first trial's start
+  phases     the same steps in a fresh interpreter, each timed: imports and spec one after the
+             other; then the job's steps, each as its start and its length from the job's start,
+             since three of them run side by side (`ray.init`; in threads beside it the data set
+             with the sanity checks, and the MLflow parent run, where a new SQLite store creates
+             its tables, which waits for the checks), then `Tuner.fit` to the first trial's start
 """
 
 from __future__ import annotations
@@ -57,8 +57,6 @@ def phases() -> dict[str, Any]:
     import torch  # noqa: F401
 
     lap("import torch")
-    checks = cli._run_checks(spec)
-    lap("sanity checks (data + 3 checks)")
 
     import ray
     from ray import tune
@@ -85,7 +83,7 @@ def phases() -> dict[str, Any]:
     # Where tuner.job looks them up (it imports them by name), and Ray's own.
     timed(job, "start_parent_run", "MLflow parent run (new SQLite store), in a thread beside ray.init")
     timed(ray, "init", "ray.init (local)")
-    timed(job, "factories", "load the data set")
+    timed(job, "checked_factories", "the data set and the sanity checks, in a thread beside ray.init")
 
     class FirstTrial(tune.Callback):
         def setup(self, **info):
@@ -97,7 +95,7 @@ def phases() -> dict[str, Any]:
                 step.append(time.perf_counter() - began)
 
     with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
-        run.run_job(spec, output_root=Path(tmp), checks=checks, callbacks=[FirstTrial()])
+        run.run_job(spec, output_root=Path(tmp), check=True, callbacks=[FirstTrial()])
     return {"before the job": spent, "job steps": {label: {"starts_at": se[0], "seconds": se[1] - se[0]}
                                                     for label, se in steps.items()}}
 

@@ -275,3 +275,23 @@ def test_a_parent_run_left_for_the_first_trial_is_made_after_a_while_without_one
         assert not made.wait(0.1)  # left for the first trial's start
         assert made.wait(5)  # made without it
         assert parent.result() is None
+
+
+def test_a_failed_sanity_check_in_tuner_run_leaves_nothing(tmp_path, monkeypatch):
+    """`tuner run` makes the sanity checks beside Ray's start, and the parent run, which records
+    them, waits for them. One that fails prints the table and one line, exits 1, and leaves no run
+    folder, no MLflow store and no parent run: as when the checks ran before the job."""
+    from typer.testing import CliRunner
+
+    from tests.conftest import EXAMPLES
+    from tuner.cli import app
+
+    ray = StandInRay()
+    monkeypatch.setattr(job_module, "ray_session", ray)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(EXAMPLES / "digits-mlp.yaml"), "--output-dir", str(out),
+                                      "--set", "search.space={dropout: {uniform: [0, 0.3]}}", "--set", "fixed.lr=0.0"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "a sanity check failed: fix the model or data first" in result.output
+    assert (ray.entered, ray.exited) == (1, 1)  # Ray was started beside the checks, and shut down
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no run folder, journal or store left

@@ -341,13 +341,12 @@ def test_your_model_end_to_end_through_the_cli(tmp_path):
 
 @pytest.mark.slow
 def test_regression_end_to_end_on_the_diabetes_example(ray_session, tmp_path):
-    from tuner.cli import _run_checks
     from tuner.run import run_job
     from tuner.spec import load_spec
 
     spec = load_spec(EXAMPLES / "diabetes-regression" / "job.yaml",
                      overrides=["search.num_samples=3", "trial.epochs=4", "ensemble.top_k=2"])
-    result = run_job(spec, output_root=tmp_path, checks=_run_checks(spec))
+    result = run_job(spec, output_root=tmp_path, check=True)
     assert result.succeeded and result.ensemble["task"] == "regression"
     assert result.ensemble["ensemble_test_rmse"] == pytest.approx(math.sqrt(result.ensemble["ensemble_test_loss"]))
     client, parent, runs = children(result.tracking_uri, result.parent_run_id)

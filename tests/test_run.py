@@ -22,14 +22,11 @@ USER_CODE = DATA / "user_trainables"
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random"])
 def test_two_trial_run_with_each_algorithm(ray_session, tmp_path, algorithm, monkeypatch):
-    from tuner.cli import _run_checks
-
     spec = small_spec(tmp_path, search={"algorithm": algorithm})
-    checks = _run_checks(spec)
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    result = run_job(spec, output_root=tmp_path / "out", checks=checks)
+    result = run_job(spec, output_root=tmp_path / "out", check=True)
     assert not list(elsewhere.iterdir())  # nothing outside the output folder (MLflow defaults to ./mlruns)
     assert list((tmp_path / "out" / "mlartifacts").rglob("spec.yaml"))
     assert result.succeeded and result.statuses == {"trial-001": "FINISHED", "trial-002": "FINISHED"}

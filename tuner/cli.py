@@ -113,16 +113,9 @@ def _data_name(job: Any) -> str:
 
 def _run_checks(job: Any) -> list:
     """The recipe's three checks on one config of the job (the one `tuner train` would train)."""
-    from trainables.checks import run_checks
-    from tuner.run import factories, trial_config
+    from tuner.engine import checked_factories
 
-    try:
-        made = factories(job)
-        return run_checks(trial_config(job), model=made.model, data=made.data, task=job.task)
-    except (UserError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the data or model the user gave failed: one line, where it failed
-        raise UserError(f"the sanity checks could not run: {describe(exc)}") from None
+    return checked_factories(job)[1]
 
 
 def _print_checks(results: list) -> None:
@@ -155,19 +148,18 @@ def run(spec: Path = typer.Argument(..., help="The job's YAML file."), set: List
         output_dir: Path = OutputOption, skip_checks: bool = typer.Option(False, "--skip-checks"),
         verbose: bool = VerboseOption) -> None:
     """Run a tuning job and print the best trial."""
-    from tuner.run import run_job
+    from tuner.run import ChecksFailed, run_job
     from tuner.spec import load_spec
 
     job = load_spec(spec, overrides=set)
     _quiet(verbose, import_mlflow=False)
-    checks = None
-    if job.service_loop and not skip_checks:
-        checks = _run_checks(job)
-        if not all(c.passed for c in checks):
-            _print_checks(checks)
-            err.print("a sanity check failed: fix the model or data first, or run with --skip-checks")
-            raise typer.Exit(1)
-    result = run_job(job, output_root=output_dir, checks=checks, callbacks=_progress(job, verbose), verbose=verbose)
+    try:  # the checks run beside Ray's start; one failing leaves nothing: no trial, run folder or parent run
+        result = run_job(job, output_root=output_dir, check=job.service_loop and not skip_checks,
+                         callbacks=_progress(job, verbose), verbose=verbose)
+    except ChecksFailed as failed:
+        _print_checks(failed.results)
+        err.print("a sanity check failed: fix the model or data first, or run with --skip-checks")
+        raise typer.Exit(1) from None
     _print_result(result, job)
     raise typer.Exit(_exit_code(result))
 

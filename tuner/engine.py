@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from tuner.errors import UserError, describe
 from tuner.folders import RunFolder
 from tuner.service import Service
 from tuner.spec import JobSpec
@@ -36,6 +37,22 @@ def factories(spec: JobSpec) -> Factories | None:
 
     return Factories(model=model_factory(spec.model, spec.code_dir),  # type: ignore[arg-type]
                      data=data_factory(spec.data.model_dump(), spec.code_dir, task=spec.task))  # type: ignore[union-attr]
+
+
+def checked_factories(spec: JobSpec) -> tuple[Factories, list]:
+    """The job's model and data factories (a job with ``model:``) and the recipe's three checks
+    (`trainables.checks`) on one config of it, the one `tuner train` would train. The model or data
+    failing under them is one line (`UserError`) saying where."""
+    from trainables.checks import run_checks
+    from tuner.run import trial_config
+
+    try:
+        made = factories(spec)
+        return made, run_checks(trial_config(spec), model=made.model, data=made.data, task=spec.task)  # type: ignore[union-attr]
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the data or model the user gave failed: one line, where it failed
+        raise UserError(f"the sanity checks could not run: {describe(exc)}") from None
 
 
 def trainable(spec: JobSpec, made: Factories | None) -> Callable:

@@ -2,7 +2,7 @@
 
     job = Job.new(spec, output_root)          # or Job.existing(run_folder) to resume
     with run_folder_lock(job.folder.path, "tuner run NAME"):   # the caller holds the folder's lock
-        result = job.fit(checks=..., callbacks=...)            # or job.resume()
+        result = job.fit(check=True, callbacks=...)            # or job.resume()
 
 `fit` starts Ray, the parent run (in a thread) and the journal's writer, runs Tune (its trials start
 before the parent run exists; the journal is delivered once it does) and `finish`es: ranks the
@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator
 
 from ray.tune import Callback
 
-from tuner.engine import Factories, factories, in_ray_job, make_tuner, ray_session, restore_tuner, stop_on_signals
+from tuner.engine import (Factories, checked_factories, factories, in_ray_job, make_tuner, ray_session,
+                          restore_tuner, stop_on_signals)
 from tuner.errors import (NotFoundError, TrackingRefused, TrackingUnavailable, UserError, describe, redact,
                           tracking_errors)
 from tuner.folders import RunFolder, new_run_folder, store_lock, tracking_uri_for
@@ -80,6 +81,15 @@ class JobFailed(UserError):
     exit_code = 1
 
 
+class ChecksFailed(Exception):
+    """A sanity check failed (`Job.fit` with ``check``): no trial ran, the run folder was removed and
+    no parent run made. ``results``: every check's result, for the table the CLI prints."""
+
+    def __init__(self, results: list) -> None:
+        super().__init__("a sanity check failed: " + ", ".join(r.name for r in results if not r.passed))
+        self.results = results
+
+
 class Job:
     """One job, start to end: the composition root of the service (no module holds a job's state)."""
 
@@ -94,6 +104,7 @@ class Job:
         self.searcher = None  # the searcher this process made (a resumed job's is Tune's restored one)
         self.service: Service | None = None  # the local service's Ray head (`tuner up`), if the job attaches
         self.outcome: str | None = None  # the parent run's end, once the journal has it (FINISHED, KILLED, FAILED)
+        self.checks: list = []  # the sanity checks' results, when the job ran them (`fit`'s ``check``)
 
     @classmethod
     def new(cls, spec: JobSpec, output_root: Path) -> Job:
@@ -123,15 +134,17 @@ class Job:
 
     # ---------------------------------------------------------------------------------- running
 
-    def fit(self, *, checks: list | None = None, callbacks: list | None = None, verbose: bool = False) -> JobResult:
-        """Run the job to its end. ``checks``: sanity-check results for the parent run; ``callbacks``:
-        more Ray Tune callbacks (the CLI's progress view)."""
+    def fit(self, *, check: bool = False, callbacks: list | None = None, verbose: bool = False) -> JobResult:
+        """Run the job to its end. ``check``: the recipe's sanity checks on the model and data first, beside
+        Ray's start; one that fails raises `ChecksFailed` before any trial and leaves nothing (no run
+        folder, no parent run). ``callbacks``: more Ray Tune callbacks (the CLI's progress view)."""
         # MLflow's store and the parent run are made while Ray starts (both take seconds cold), and so
-        # are the model and data factories (torch's import, the data set read: 2.3 s for MNIST-10k).
+        # are the model and data factories (torch's import, the data set read: 2.3 s for MNIST-10k) and
+        # the checks on them. The parent run records the checks' results, so it waits for them.
         with (contextlib.ExitStack() as ray, ThreadPoolExecutor(2, thread_name_prefix="tuner-start") as pool,
-              _ParentRun(pool, functools.partial(self._start_parent_run, checks or []),
+              contextlib.nullcontext(pool.submit(self._make, check)) as making,
+              _ParentRun(pool, functools.partial(self._start_parent_run, making if check else None),
                          now=not _ray_is_up(self.spec, self.service)) as parent):
-            making = pool.submit(factories, self.spec)
             ray_failed = _enter(ray, ray_session(self.spec, self.folder, verbose=verbose, service=self.service))
             # Tune starts before the parent run exists. The journal has the trials from the start; it is
             # delivered once the run exists (`_OnceTrialsStart`). Not when Ray failed, nor for a warm
@@ -286,11 +299,24 @@ class Job:
 
     # ------------------------------------------------------------------------------ the parent run
 
-    def _start_parent_run(self, checks: list) -> None:
-        """Make the job's parent run (in a thread, beside Ray's start). A failure is raised in the job's
-        thread, which removes the run folder (`_leave_nothing`): Tune may be writing in it by then."""
+    def _make(self, check: bool) -> Factories | None:
+        """The model and data factories (None for a job with its own trainable), and with ``check`` the
+        sanity checks on them, whose results go on the parent run: `ChecksFailed` when one fails."""
+        if not (check and self.spec.service_loop):
+            return factories(self.spec)
+        made, self.checks = checked_factories(self.spec)
+        if not all(c.passed for c in self.checks):
+            raise ChecksFailed(self.checks)
+        return made
+
+    def _start_parent_run(self, checking: Future | None) -> None:
+        """Make the job's parent run (in a thread, beside Ray's start), once the sanity checks, if
+        ``checking``, have passed. A failure (theirs too) is raised in the job's thread, which removes the
+        run folder (`_leave_nothing`): Tune may be writing in it by then."""
+        if checking is not None:
+            checking.result()
         spec = self.spec
-        check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in checks}
+        check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in self.checks}
         if spec.search.warm_start is not None:  # an unknown job is refused before anything starts
             with tracking_errors(self.tracking_uri, "read the warm start's trials"):
                 self.warm_start = earlier_trials(spec, self.tracking_uri)

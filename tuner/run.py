@@ -15,21 +15,22 @@ from typing import Any
 from tuner.engine import Factories, factories, make_tuner
 from tuner.errors import UserError
 from tuner.folders import DEFAULT_OUTPUT_ROOT, RunFolder, run_folder_lock
-from tuner.job import Job, JobFailed, JobResult
+from tuner.job import ChecksFailed, Job, JobFailed, JobResult
 from tuner.settings import engine_settings
 from tuner.spec import JobSpec
 
 __all__ = ["run_job", "resume_job", "train_once", "trial_config", "factories", "make_tuner", "Factories",
-           "JobFailed", "JobResult"]
+           "ChecksFailed", "JobFailed", "JobResult"]
 
 
-def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, checks: list | None = None,
+def run_job(spec: JobSpec, *, output_root: Path = DEFAULT_OUTPUT_ROOT, check: bool = False,
             callbacks: list | None = None, verbose: bool = False) -> JobResult:
-    """Run a validated job to its end (see `tuner.job.Job.fit`)."""
+    """Run a validated job to its end (see `tuner.job.Job.fit`); with ``check``, the sanity checks
+    first (`ChecksFailed` when one fails, nothing left)."""
     with engine_settings():
         job = Job.new(spec, output_root)
         with run_folder_lock(job.folder.path, f"tuner run {spec.name}"):
-            return job.fit(checks=checks, callbacks=callbacks, verbose=verbose)
+            return job.fit(check=check, callbacks=callbacks, verbose=verbose)
 
 
 def resume_job(folder: RunFolder, *, verbose: bool = False) -> JobResult:
