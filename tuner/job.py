@@ -314,10 +314,6 @@ class Job:
         ``checking``, have passed. A failure (theirs too) is raised in the job's thread, which removes the
         run folder (`_leave_nothing`): Tune may be writing in it by then."""
         if checking is not None:
-            # MLflow's import (about 1 s of CPU) goes beside Ray's start as without checks; the store and
-            # the run wait for them (a failed check leaves no store behind).
-            from mlflow.tracking import MlflowClient  # noqa: F401
-
             checking.result()
         spec = self.spec
         check_tags = {f"check.{c.name}": f"{'pass' if c.passed else 'FAIL'} ({c.value:.4g})" for c in self.checks}
