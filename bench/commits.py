@@ -108,7 +108,8 @@ def main(argv: list[str]) -> None:
             warm_root = Path(base) / "warm" if args.warm else None
             with _service(warm_root) if warm_root else contextlib.nullcontext():
                 for sha in shas if warm_root else []:
-                    run_once(trees[sha], args.job, warm_root, args.checks)  # untimed: each commit's first job on the service
+                    # untimed: each commit's first job on the service
+                    run_once(trees[sha], args.job, warm_root, args.checks)
                 for r in range(args.rounds):
                     for sha in shas[r % len(shas):] + shas[: r % len(shas)]:  # rotate who goes first
                         runs[sha].append(run_once(trees[sha], args.job, warm_root, args.checks))
@@ -118,9 +119,11 @@ def main(argv: list[str]) -> None:
     rows = [{"commit": sha, **{key: statistics.median(r[key] for r in rs) for key in rs[0]},
              "runs": ", ".join(f"{r['wall_s']:.1f}" for r in rs)} for sha, rs in runs.items()]
     table(rows, ["commit", "wall_s", "startup_s", "after_last_trial_s", "runs"],
-          f"`tuner run` of the {args.job} job{', warm' if args.warm else ''}{', checks' if args.checks else ''}, whole command, median of {args.rounds}"
+          f"`tuner run` of the {args.job} job{', warm' if args.warm else ''}{', checks' if args.checks else ''}, "
+          f"whole command, median of {args.rounds}"
           + (f" ({16 * 20 * EPOCH_S / 2:g} s ideal)" if args.job == "sleep" else ""))
-    suffix = ("" if args.job == "sleep" else f"-{args.job}") + ("-warm" if args.warm else "") + ("-checks" if args.checks else "")
+    suffix = (("" if args.job == "sleep" else f"-{args.job}") + ("-warm" if args.warm else "")
+              + ("-checks" if args.checks else ""))
     save("commits-" + "-".join(runs) + suffix, rows, revs=args.revs, job=args.job, checks=args.checks,
          every_run=runs)  # a file per comparison
 

@@ -1,6 +1,6 @@
 """How a job starts: MLflow's parent run is made while Ray starts (tuner.job.Job.fit), Tune may start
-before it exists, and either failing is told the way it was when they ran one after the other. Ray is replaced by a stand-in
-session here; the real one runs in every other job test."""
+before it exists, and either failing is told the way it was when they ran one after the other. Ray is
+replaced by a stand-in session here; the real one runs in every other job test."""
 
 from __future__ import annotations
 

@@ -7,7 +7,8 @@
 `fit` starts Ray, the parent run (in a thread) and the journal's writer, runs Tune (its trials start
 before the parent run exists; the journal is delivered once it does) and `finish`es: ranks the
 trials, builds the ensemble, writes the report and ends the parent run. Whatever stops a job after
-its parent run exists ends that run FAILED (or KILLED) with the reason, never RUNNING. A job writes only inside its run folder (`tuner.folders`).
+its parent run exists ends that run FAILED (or KILLED) with the reason, never RUNNING. A job writes
+only inside its run folder (`tuner.folders`).
 """
 
 from __future__ import annotations
